@@ -1,0 +1,286 @@
+//! The server's half of the exchange, as plain functions the server shell calls in order:
+//!
+//! 1. [`plan`] checks a decoded [`SyncRequest`] and groups its changes per report.
+//! 2. For each report of [`Plan::reports`], the shell loads the stored document (and any held
+//!    changes), calls [`crate::rules::admit`], and commits what was applied together with a new
+//!    [`Receipt`] and the report's new seq — one transaction for the whole request.
+//! 3. [`Plan::verdicts`] lists the verdicts in request order; reports with a refusal get a
+//!    [`Rebuild`] of the server's state.
+//! 4. For each position, the shell fetches the reports of the scope updated after it, ordered by
+//!    (seq, id), and feeds them to a [`FeedBuilder`].
+
+use std::collections::{HashMap, HashSet};
+
+use automerge::{Automerge, Change, ChangeHash};
+
+use super::wire::{
+    Bytes, Delta, FeedItem, PageMark, Position, Scope, ScopeFeed, SyncRequest, WireVerdict,
+};
+use crate::rules::{Refusal, Verdict};
+use crate::{ReportId, VillageCode, VillageError};
+
+/// Why a whole request is refused (as opposed to single changes).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// A position names a village outside the working area.
+    #[error(transparent)]
+    UnknownVillage(#[from] VillageError),
+    /// The same scope twice.
+    #[error("scope {0:?} appears twice")]
+    DuplicateScope(Scope),
+    /// The same report uploaded in two groups.
+    #[error("report {0} appears in two uploads")]
+    DuplicateReport(ReportId),
+}
+
+enum Slot {
+    Change(ReportId, ChangeHash),
+    Undecodable(String),
+}
+
+/// A checked request, its changes grouped per report.
+pub struct Plan {
+    slots: Vec<Slot>,
+    reports: Vec<(ReportId, Vec<Change>)>,
+    positions: Vec<(Scope, VillageCode, Position)>,
+}
+
+/// Check a request and group its changes. Changes that do not decode get a refusal of their own;
+/// the rest of the request goes on.
+pub fn plan(request: &SyncRequest) -> Result<Plan, PlanError> {
+    let mut positions = Vec::with_capacity(request.positions.len());
+    for p in &request.positions {
+        let village = p.scope.check()?;
+        if positions.iter().any(|(s, _, _)| *s == p.scope) {
+            return Err(PlanError::DuplicateScope(p.scope));
+        }
+        positions.push((p.scope, village, p.position));
+    }
+    let mut slots = Vec::with_capacity(request.change_count());
+    let mut reports: Vec<(ReportId, Vec<Change>)> = Vec::with_capacity(request.uploads.len());
+    let mut seen = HashSet::new();
+    for upload in &request.uploads {
+        if !seen.insert(upload.report) {
+            return Err(PlanError::DuplicateReport(upload.report));
+        }
+        let mut changes = Vec::with_capacity(upload.changes.len());
+        for bytes in &upload.changes {
+            match Change::from_bytes(bytes.0.clone()) {
+                Ok(change) => {
+                    slots.push(Slot::Change(upload.report, change.hash()));
+                    changes.push(change);
+                }
+                Err(e) => slots.push(Slot::Undecodable(e.to_string())),
+            }
+        }
+        if !changes.is_empty() {
+            reports.push((upload.report, changes));
+        }
+    }
+    Ok(Plan {
+        slots,
+        reports,
+        positions,
+    })
+}
+
+impl Plan {
+    /// The decodable changes, per report: what to admit.
+    pub fn reports(&self) -> &[(ReportId, Vec<Change>)] {
+        &self.reports
+    }
+
+    /// The checked positions, one per scope.
+    pub fn positions(&self) -> &[(Scope, VillageCode, Position)] {
+        &self.positions
+    }
+
+    /// Every uploaded change hash (the device has these: they are left out of its feed).
+    pub fn uploaded(&self) -> HashSet<ChangeHash> {
+        self.slots
+            .iter()
+            .filter_map(|s| match s {
+                Slot::Change(_, h) => Some(*h),
+                Slot::Undecodable(_) => None,
+            })
+            .collect()
+    }
+
+    /// The verdicts in request order, from the admissions of each report. A change the shell did not
+    /// judge (which it should not do) is reported held, so the device keeps and resends it.
+    pub fn verdicts(
+        &self,
+        judged: &HashMap<ReportId, HashMap<ChangeHash, Verdict>>,
+    ) -> Vec<WireVerdict> {
+        self.slots
+            .iter()
+            .map(|slot| match slot {
+                Slot::Undecodable(e) => WireVerdict::Refused(Refusal::undecodable(e.clone())),
+                Slot::Change(report, hash) => match judged.get(report).and_then(|v| v.get(hash)) {
+                    Some(verdict) => to_wire(verdict),
+                    None => WireVerdict::Held(Vec::new()),
+                },
+            })
+            .collect()
+    }
+}
+
+/// The wire form of a verdict.
+pub fn to_wire(verdict: &Verdict) -> WireVerdict {
+    match verdict {
+        Verdict::Accepted => WireVerdict::Accepted,
+        Verdict::Refused(r) => WireVerdict::Refused(r.clone()),
+        Verdict::Held { missing } => WireVerdict::Held(missing.iter().map(|h| h.0).collect()),
+    }
+}
+
+/// When the server received a state of a report: the seq it gave that update, its clock, and the
+/// heads after it. A device at position `since` has everything in the heads of the latest receipt
+/// with `seq <= since`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Receipt {
+    /// The update's seq.
+    pub seq: u64,
+    /// Server clock, unix milliseconds.
+    pub received_at: i64,
+    /// The document's heads after the update.
+    pub heads: Vec<[u8; 32]>,
+}
+
+/// Receipts kept per report. Older ones are dropped: a device older than the oldest kept receipt
+/// gets the whole compacted document instead of changes, so compaction never stops a device that
+/// was offline for months from catching up — it only costs that device a few more bytes.
+pub const MAX_RECEIPTS: usize = 32;
+
+/// Add a receipt, dropping the oldest beyond [`MAX_RECEIPTS`].
+pub fn record_receipt(receipts: &mut Vec<Receipt>, receipt: Receipt) {
+    receipts.push(receipt);
+    if receipts.len() > MAX_RECEIPTS {
+        let excess = receipts.len() - MAX_RECEIPTS;
+        receipts.drain(..excess);
+    }
+}
+
+/// What a device at `since` is missing of a report, leaving out changes it just uploaded. `None`
+/// when it is missing nothing.
+pub fn delta_since(
+    doc: &Automerge,
+    receipts: &[Receipt],
+    since: u64,
+    exclude: &HashSet<ChangeHash>,
+) -> Option<Delta> {
+    let base = receipts.iter().rev().find(|r| r.seq <= since);
+    let Some(base) = base else {
+        return Some(Delta::Snapshot(Bytes(doc.save())));
+    };
+    let heads: Vec<ChangeHash> = base.heads.iter().map(|h| ChangeHash(*h)).collect();
+    let changes: Vec<Change> = doc
+        .get_changes(&heads)
+        .into_iter()
+        .filter(|c| !exclude.contains(&c.hash()))
+        .collect();
+    if changes.is_empty() {
+        return None;
+    }
+    let raw: usize = changes.iter().map(|c| c.raw_bytes().len()).sum();
+    // Many changes compress better as one document; only try when it could pay off.
+    if changes.len() > 4 && raw > 1024 {
+        let snapshot = doc.save();
+        if snapshot.len() < raw {
+            return Some(Delta::Snapshot(Bytes(snapshot)));
+        }
+    }
+    Some(Delta::Changes(
+        changes
+            .into_iter()
+            .map(|c| Bytes(c.raw_bytes().to_vec()))
+            .collect(),
+    ))
+}
+
+/// At most this many reports per page of a feed.
+pub const PAGE_REPORTS: usize = 500;
+/// A page stops growing past this many bytes of deltas (a 2G link should see progress).
+pub const PAGE_BYTES: usize = 4 << 20;
+
+/// Builds one scope's feed from the reports the shell fetched, in (seq, id) order.
+pub struct FeedBuilder {
+    scope: Scope,
+    position: Position,
+    items: Vec<FeedItem>,
+    last: Option<PageMark>,
+    bytes: usize,
+    limit: usize,
+    byte_budget: usize,
+}
+
+impl FeedBuilder {
+    /// Start a feed for a device at `position`.
+    pub fn new(scope: Scope, position: Position) -> Self {
+        Self::with_limits(scope, position, PAGE_REPORTS, PAGE_BYTES)
+    }
+
+    /// With explicit page limits.
+    pub fn with_limits(scope: Scope, position: Position, limit: usize, byte_budget: usize) -> Self {
+        FeedBuilder {
+            scope,
+            position,
+            items: Vec::new(),
+            last: None,
+            bytes: 0,
+            limit: limit.max(1),
+            byte_budget,
+        }
+    }
+
+    /// Whether the page has room for another report.
+    pub fn has_room(&self) -> bool {
+        self.items.len() < self.limit && self.bytes < self.byte_budget
+    }
+
+    /// Add the next report (ordered by `(seq, id)` after the position's mark). `seq` is the seq of
+    /// its latest update.
+    pub fn push(
+        &mut self,
+        report: ReportId,
+        seq: u64,
+        doc: &Automerge,
+        receipts: &[Receipt],
+        exclude: &HashSet<ChangeHash>,
+    ) {
+        if let Some(delta) = delta_since(doc, receipts, self.position.since, exclude) {
+            self.bytes += match &delta {
+                Delta::Changes(cs) => cs.iter().map(|c| c.0.len()).sum(),
+                Delta::Snapshot(s) => s.0.len(),
+            };
+            self.items.push(FeedItem { report, delta });
+        }
+        self.last = Some(PageMark { seq, report });
+    }
+
+    /// The feed. `more` says whether the shell has reports beyond those pushed.
+    pub fn finish(self, more: bool) -> ScopeFeed {
+        let position = match (more, self.last) {
+            (true, Some(mark)) => Position {
+                since: self.position.since,
+                after: Some(mark),
+            },
+            (_, Some(mark)) => Position {
+                since: mark.seq.max(self.position.since),
+                after: None,
+            },
+            (_, None) => Position {
+                since: self
+                    .position
+                    .after
+                    .map_or(self.position.since, |m| m.seq.max(self.position.since)),
+                after: None,
+            },
+        };
+        ScopeFeed {
+            scope: self.scope,
+            items: self.items,
+            position,
+        }
+    }
+}

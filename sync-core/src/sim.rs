@@ -1,0 +1,456 @@
+//! In-memory shells around the exchange: a [`MemoryServer`] that runs the server steps of
+//! [`crate::protocol::server`] in the order the real server runs them, and a [`MemoryDevice`] that
+//! runs the device steps. They hold everything in memory and exchange *encoded bytes*, so scenario
+//! and property tests (and the benchmark) exercise the real wire format over a simulated network.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use automerge::{Automerge, Change, ChangeHash, ReadDoc};
+
+use crate::protocol::device::{apply_delta, DeviceSync};
+use crate::protocol::rebuild::rebuild;
+use crate::protocol::server::{self as steps, FeedBuilder, Receipt};
+use crate::protocol::{Rebuild, Scope, SyncRequest, SyncResponse, WireError};
+use crate::rules::{self, Refusal, RefusalCode, Role, Verdict};
+use crate::{
+    DeviceId, Edit, NewReport, Report, ReportError, ReportId, ReportKind, VillageCode, Writer,
+};
+
+/// One stored report of the [`MemoryServer`].
+#[derive(Debug, Clone)]
+pub struct StoredReport {
+    /// The merged document.
+    pub doc: Automerge,
+    /// The village (fixed at creation).
+    pub village: VillageCode,
+    /// Receipts of its updates.
+    pub receipts: Vec<Receipt>,
+    /// Seq of its latest update.
+    pub last_seq: u64,
+    /// Changes held for missing dependencies.
+    pub pending: Vec<Change>,
+}
+
+/// Why the in-memory server refused a whole request.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Undecodable body.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// Unknown village, duplicate scope…
+    #[error(transparent)]
+    Plan(#[from] steps::PlanError),
+}
+
+/// The server's steps, all in memory.
+#[derive(Debug, Default)]
+pub struct MemoryServer {
+    reports: BTreeMap<ReportId, StoredReport>,
+    held: BTreeMap<ReportId, Vec<Change>>,
+    seq: u64,
+    clock_ms: i64,
+    /// Page size of feeds (small values exercise paging).
+    pub page_limit: Option<usize>,
+}
+
+impl MemoryServer {
+    /// An empty server.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A server that has created the profile of each of `villages`, as the real server does on its
+    /// first start.
+    pub fn with_village_profiles(villages: &[VillageCode]) -> Self {
+        let mut server = Self::new();
+        for v in villages {
+            if let Ok((report, change)) = Report::village_profile(*v) {
+                server.ingest(report.id(), vec![change], Role::Server);
+            }
+        }
+        server
+    }
+
+    /// A stored report.
+    pub fn report(&self, id: &ReportId) -> Option<&StoredReport> {
+        self.reports.get(id)
+    }
+
+    /// Every stored report id.
+    pub fn report_ids(&self) -> Vec<ReportId> {
+        self.reports.keys().copied().collect()
+    }
+
+    /// Admit changes into one report and store the result (one "transaction").
+    fn ingest(
+        &mut self,
+        id: ReportId,
+        changes: Vec<Change>,
+        role: Role,
+    ) -> HashMap<ChangeHash, Verdict> {
+        self.clock_ms += 1;
+        let mut stored = self.reports.get(&id).cloned();
+        let mut doc = stored.as_ref().map(|s| s.doc.clone()).unwrap_or_default();
+        let mut all = self.held.remove(&id).unwrap_or_default();
+        let pending: HashSet<ChangeHash> = all.iter().map(Change::hash).collect();
+        all.extend(changes.into_iter().filter(|c| !pending.contains(&c.hash())));
+        let admission = rules::admit(&mut doc, id, all, role);
+        if !admission.held.is_empty() {
+            self.held.insert(id, admission.held.clone());
+        }
+        if !admission.applied.is_empty() {
+            let village = admission
+                .state
+                .as_ref()
+                .and_then(|s| s["village"].as_str())
+                .and_then(|v| VillageCode::parse(v).ok());
+            if let Some(village) = village {
+                self.seq += 1;
+                let entry = stored.get_or_insert_with(|| StoredReport {
+                    doc: Automerge::new(),
+                    village,
+                    receipts: Vec::new(),
+                    last_seq: 0,
+                    pending: Vec::new(),
+                });
+                entry.last_seq = self.seq;
+                steps::record_receipt(
+                    &mut entry.receipts,
+                    Receipt {
+                        seq: self.seq,
+                        received_at: self.clock_ms,
+                        heads: doc.get_heads().iter().map(|h| h.0).collect(),
+                    },
+                );
+                entry.doc = doc;
+            }
+        }
+        if let Some(mut entry) = stored {
+            entry.pending = self.held.get(&id).cloned().unwrap_or_default();
+            self.reports.insert(id, entry);
+        }
+        admission.verdicts
+    }
+
+    /// A coordinator's edit through the API: an ordinary change that flows to devices.
+    pub fn coordinator_edit(
+        &mut self,
+        id: ReportId,
+        edits: &[Edit],
+        writer: &Writer,
+    ) -> Result<Option<Change>, ReportError> {
+        let stored = self
+            .reports
+            .get(&id)
+            .ok_or_else(|| ReportError::NotAReport(format!("no report {id}")))?;
+        let mut report = Report::from_doc(id, stored.doc.clone())?;
+        let Some(change) = report.edit(edits, writer)? else {
+            return Ok(None);
+        };
+        let verdicts = self.ingest(id, vec![change.clone()], writer.role);
+        match verdicts.get(&change.hash()) {
+            Some(Verdict::Accepted) => Ok(Some(change)),
+            Some(Verdict::Refused(r)) => Err(ReportError::Refused(r.clone())),
+            _ => Err(ReportError::NotAReport("change held".into())),
+        }
+    }
+
+    /// Answer one encoded sync request.
+    pub fn handle(&mut self, body: &[u8]) -> Result<Vec<u8>, ServerError> {
+        let request = SyncRequest::decode(body)?;
+        let plan = steps::plan(&request)?;
+        let mut judged = HashMap::new();
+        for (id, changes) in plan.reports() {
+            let verdicts = self.ingest(*id, changes.clone(), Role::Volunteer);
+            judged.insert(*id, verdicts);
+        }
+        let verdicts = plan.verdicts(&judged);
+        let rebuilds = judged
+            .iter()
+            .filter(|(_, v)| v.values().any(|v| matches!(v, Verdict::Refused(_))))
+            .map(|(id, _)| Rebuild {
+                report: *id,
+                snapshot: crate::protocol::Bytes(
+                    self.reports
+                        .get(id)
+                        .map(|s| s.doc.save())
+                        .unwrap_or_default(),
+                ),
+            })
+            .collect();
+        let exclude = plan.uploaded();
+        let mut feeds = Vec::new();
+        for (scope, village, position) in plan.positions() {
+            let mut rows: Vec<(&ReportId, &StoredReport)> = self
+                .reports
+                .iter()
+                .filter(|(id, r)| {
+                    r.village == *village
+                        && r.last_seq > position.since
+                        && position
+                            .after
+                            .is_none_or(|m| (r.last_seq, **id) > (m.seq, m.report))
+                })
+                .collect();
+            rows.sort_by_key(|(id, r)| (r.last_seq, **id));
+            let mut builder = match self.page_limit {
+                Some(limit) => {
+                    FeedBuilder::with_limits(*scope, *position, limit, steps::PAGE_BYTES)
+                }
+                None => FeedBuilder::new(*scope, *position),
+            };
+            let mut rows = rows.into_iter().peekable();
+            while builder.has_room() {
+                let Some((id, r)) = rows.next() else { break };
+                builder.push(*id, r.last_seq, &r.doc, &r.receipts, &exclude);
+            }
+            feeds.push(builder.finish(rows.peek().is_some()));
+        }
+        Ok(SyncResponse {
+            verdicts,
+            rebuilds,
+            feeds,
+        }
+        .encode())
+    }
+}
+
+/// A refusal as the device records it for the volunteer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedRefusal {
+    /// The report.
+    pub report: ReportId,
+    /// The refused (or dropped) change.
+    pub change: ChangeHash,
+    /// Why.
+    pub refusal: Refusal,
+}
+
+/// A device store, all in memory.
+#[derive(Debug, Clone)]
+pub struct MemoryDevice {
+    /// Sync state.
+    pub sync: DeviceSync,
+    village: VillageCode,
+    reports: BTreeMap<ReportId, Automerge>,
+    generations: HashMap<ReportId, u32>,
+    outbox: BTreeMap<ReportId, Vec<Change>>,
+    /// Refusals shown to the volunteer.
+    pub refusals: Vec<RecordedRefusal>,
+    clock: i64,
+    next_id: u64,
+}
+
+/// Why a device-side sync step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// Bad response bytes.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// A response that does not fit the request.
+    #[error(transparent)]
+    Protocol(#[from] crate::protocol::device::ProtocolError),
+    /// A delta that does not apply.
+    #[error(transparent)]
+    Apply(#[from] crate::protocol::device::ApplyError),
+    /// A rebuild that failed.
+    #[error("rebuild failed: {0}")]
+    Rebuild(String),
+}
+
+impl MemoryDevice {
+    /// A new device store following one village.
+    pub fn new(device: DeviceId, village: VillageCode) -> Self {
+        MemoryDevice {
+            sync: DeviceSync::new(device, &[Scope::village(village)]),
+            village,
+            reports: BTreeMap::new(),
+            generations: HashMap::new(),
+            outbox: BTreeMap::new(),
+            refusals: Vec::new(),
+            clock: 1_764_316_800,
+            next_id: 0,
+        }
+    }
+
+    /// The device id.
+    pub fn id(&self) -> DeviceId {
+        self.sync.device()
+    }
+
+    fn writer(&mut self, report: ReportId) -> Writer {
+        self.clock += 1;
+        let generation = self.generations.get(&report).copied().unwrap_or(0);
+        Writer {
+            actor: self.id().actor(generation),
+            role: Role::Volunteer,
+            time: self.clock,
+        }
+    }
+
+    /// Create a report; returns its id. Report ids are derived from the device id and a counter,
+    /// so simulations are reproducible.
+    pub fn create(&mut self, kind: ReportKind, fields: &[Edit]) -> Result<ReportId, ReportError> {
+        self.next_id += 1;
+        let mut raw = *self.id().as_bytes();
+        for (b, n) in raw.iter_mut().zip(self.next_id.to_be_bytes().iter().rev()) {
+            *b ^= n;
+        }
+        let id = ReportId::from_random(raw);
+        let writer = self.writer(id);
+        let new = NewReport {
+            kind,
+            village: self.village,
+            created_at: "2026-11-28T08:00:00Z".into(),
+            created_by: self.id().to_string(),
+        };
+        let (report, change) = Report::create(id, &new, fields, &writer)?;
+        self.reports.insert(id, report.into_doc());
+        self.outbox.entry(id).or_default().push(change);
+        Ok(id)
+    }
+
+    /// Edit a report. `Ok(false)` when the edit changed nothing.
+    pub fn edit(&mut self, id: ReportId, edits: &[Edit]) -> Result<bool, ReportError> {
+        let writer = self.writer(id);
+        let doc = self
+            .reports
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| ReportError::NotAReport(format!("no report {id} on this device")))?;
+        let mut report = Report::from_doc(id, doc)?;
+        match report.edit(edits, &writer)? {
+            Some(change) => {
+                self.reports.insert(id, report.into_doc());
+                self.outbox.entry(id).or_default().push(change);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// A report on this device.
+    pub fn report(&self, id: &ReportId) -> Option<Report> {
+        Report::from_doc(*id, self.reports.get(id)?.clone()).ok()
+    }
+
+    /// Every report id on this device.
+    pub fn report_ids(&self) -> Vec<ReportId> {
+        self.reports.keys().copied().collect()
+    }
+
+    /// Changes waiting to be sent.
+    pub fn waiting(&self) -> usize {
+        self.outbox.values().map(Vec::len).sum()
+    }
+
+    fn outbox_list(&self) -> Vec<(ReportId, Vec<Change>)> {
+        self.outbox
+            .iter()
+            .filter(|(_, c)| !c.is_empty())
+            .map(|(id, c)| (*id, c.clone()))
+            .collect()
+    }
+
+    /// The encoded request for the next sync.
+    pub fn request(&self) -> Vec<u8> {
+        self.sync.request(&self.outbox_list()).encode()
+    }
+
+    /// Take in the response to the request made from the current outbox.
+    pub fn handle_response(&mut self, body: &[u8]) -> Result<bool, DeviceError> {
+        let response = SyncResponse::decode(body)?;
+        let sent = self.outbox_list();
+        let mut sync = self.sync.clone();
+        let outcome = sync.handle(&sent, response)?;
+        let acked: HashSet<ChangeHash> = outcome.acknowledged.iter().map(|(_, h)| *h).collect();
+        for changes in self.outbox.values_mut() {
+            changes.retain(|c| !acked.contains(&c.hash()));
+        }
+        for (report, _, missing) in &outcome.held {
+            let Some(doc) = self.reports.get(report) else {
+                continue;
+            };
+            let queue = self.outbox.entry(*report).or_default();
+            for hash in missing {
+                if let Some(change) = doc.get_change_by_hash(hash) {
+                    if !queue.iter().any(|c| c.hash() == *hash) {
+                        queue.insert(0, change);
+                    }
+                }
+            }
+        }
+        let mut direct: HashMap<ReportId, HashSet<ChangeHash>> = HashMap::new();
+        for (report, hash, refusal) in &outcome.refused {
+            if refusal.code != RefusalCode::DependsOnRefused {
+                direct.entry(*report).or_default().insert(*hash);
+                self.refusals.push(RecordedRefusal {
+                    report: *report,
+                    change: *hash,
+                    refusal: refusal.clone(),
+                });
+            }
+        }
+        for (report, snapshot) in &outcome.rebuilds {
+            let local = self.reports.get(report).cloned().unwrap_or_default();
+            let unacked = self.outbox.remove(report).unwrap_or_default();
+            let generation = self.generations.entry(*report).or_insert(0);
+            *generation += 1;
+            let writer = self.writer(*report);
+            let refused = direct.remove(report).unwrap_or_default();
+            let rebuilt = rebuild(*report, &local, snapshot, &unacked, &refused, &writer)
+                .map_err(DeviceError::Rebuild)?;
+            for (change, refusal) in rebuilt.dropped {
+                self.refusals.push(RecordedRefusal {
+                    report: *report,
+                    change,
+                    refusal,
+                });
+            }
+            match rebuilt.report {
+                Some(r) => {
+                    self.reports.insert(*report, r.into_doc());
+                }
+                None => {
+                    self.reports.remove(report);
+                }
+            }
+            if !rebuilt.reapplied.is_empty() {
+                self.outbox.insert(*report, rebuilt.reapplied);
+            }
+        }
+        for item in &outcome.incoming {
+            let doc = apply_delta(self.reports.remove(&item.report), item)?;
+            self.reports.insert(item.report, doc);
+        }
+        self.sync = sync;
+        Ok(outcome.more)
+    }
+
+    /// Sync with `server` until nothing more is pending: returns (round trips, bytes sent, bytes
+    /// received).
+    pub fn sync_with(
+        &mut self,
+        server: &mut MemoryServer,
+    ) -> Result<(usize, usize, usize), DeviceError> {
+        let (mut trips, mut up, mut down) = (0, 0, 0);
+        loop {
+            let request = self.request();
+            let response = match server.handle(&request) {
+                Ok(r) => r,
+                Err(e) => {
+                    return Err(DeviceError::Rebuild(format!(
+                        "server refused the request: {e}"
+                    )))
+                }
+            };
+            trips += 1;
+            up += request.len();
+            down += response.len();
+            let more = self.handle_response(&response)?;
+            if !more {
+                return Ok((trips, up, down));
+            }
+        }
+    }
+}
