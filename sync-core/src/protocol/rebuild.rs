@@ -8,7 +8,7 @@
 //! actor generation, and checked by the same rules as any edit. Whatever cannot be re-applied is
 //! reported, never silently lost.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use automerge::transaction::{CommitOptions, Transactable, Transaction};
 use automerge::{
@@ -90,8 +90,9 @@ fn reapply(
     let mut trial = report.doc().clone();
     trial.set_actor(writer.actor.clone());
     let mut tx = trial.transaction();
+    let mut created = HashMap::new();
     for patch in patches {
-        replay(&mut tx, patch);
+        replay(&mut tx, patch, &mut created);
     }
     let (hash, _) = tx.commit_with(CommitOptions::default().with_time(writer.time));
     if hash.is_none() {
@@ -105,11 +106,21 @@ fn reapply(
     Ok(Some(change))
 }
 
-/// Find the object a patch addresses by walking its path by property (object ids differ between
-/// the local document and the rebuilt one when the object was created by a refused change).
-fn resolve(tx: &Transaction<'_>, patch: &Patch) -> Option<ObjId> {
+/// Objects this replay created, by their id in the local document.
+type Created = HashMap<ObjId, ObjId>;
+
+/// Find the object a patch addresses: one this replay created (its local id maps to the new one),
+/// or else by walking its path by property — object ids differ between the local document and the
+/// rebuilt one, and list indices may have shifted.
+fn resolve(tx: &Transaction<'_>, patch: &Patch, created: &Created) -> Option<ObjId> {
+    if let Some(obj) = created.get(&patch.obj) {
+        return Some(obj.clone());
+    }
     let mut obj = ROOT;
-    for (_, prop) in &patch.path {
+    for (local, prop) in &patch.path {
+        if let Some(mapped) = created.get(local) {
+            obj = mapped.clone();
+        }
         obj = match tx.get(&obj, prop.clone()).ok()?? {
             (Value::Object(_), id) => id,
             _ => return None,
@@ -120,27 +131,29 @@ fn resolve(tx: &Transaction<'_>, patch: &Patch) -> Option<ObjId> {
 
 /// Apply one patch where it still makes sense; a patch whose target no longer exists is skipped
 /// (its effect depended on the refused change).
-fn replay(tx: &mut Transaction<'_>, patch: &Patch) {
-    let Some(obj) = resolve(tx, patch) else {
+fn replay(tx: &mut Transaction<'_>, patch: &Patch, created: &mut Created) {
+    let Some(obj) = resolve(tx, patch, created) else {
         return;
     };
     let len = tx.length(&obj);
     // Errors here mean the patch no longer applies to the rebuilt document; skipping is the
     // documented behaviour, and the admission check afterwards validates what was applied.
     let _ = match &patch.action {
-        PatchAction::PutMap { key, value, .. } => put(tx, &obj, Prop::Map(key.clone()), &value.0),
+        PatchAction::PutMap { key, value, .. } => {
+            put(tx, &obj, Prop::Map(key.clone()), value, created)
+        }
         PatchAction::PutSeq { index, value, .. } if *index < len => {
-            put(tx, &obj, Prop::Seq(*index), &value.0)
+            put(tx, &obj, Prop::Seq(*index), value, created)
         }
         PatchAction::Insert { index, values } => {
-            let mut at = (*index).min(len);
             let mut result = Ok(());
-            for (value, _, _) in values.iter() {
+            for (at, (value, local, _)) in ((*index).min(len)..).zip(values.iter()) {
                 result = match value {
-                    Value::Object(t) => tx.insert_object(&obj, at, *t).map(|_| ()),
+                    Value::Object(t) => tx.insert_object(&obj, at, *t).map(|new| {
+                        created.insert(local.clone(), new);
+                    }),
                     Value::Scalar(s) => tx.insert(&obj, at, s.as_ref().clone()),
                 };
-                at += 1;
             }
             result
         }
@@ -166,10 +179,13 @@ fn put(
     tx: &mut Transaction<'_>,
     obj: &ObjId,
     prop: Prop,
-    value: &Value<'_>,
+    (value, local): &(Value<'_>, ObjId),
+    created: &mut Created,
 ) -> Result<(), automerge::AutomergeError> {
     match value {
-        Value::Object(t) => tx.put_object(obj, prop, *t).map(|_| ()),
+        Value::Object(t) => tx.put_object(obj, prop, *t).map(|new| {
+            created.insert(local.clone(), new);
+        }),
         Value::Scalar(s) => tx.put(obj, prop, s.as_ref().clone()),
     }
 }
