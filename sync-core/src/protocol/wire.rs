@@ -269,3 +269,78 @@ impl Refusal {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
+    }
+
+    /// The byte layout documented in docs/protocol.md, pinned.
+    #[test]
+    fn no_op_request_bytes() {
+        let request = SyncRequest {
+            device: DeviceId::from_bytes([0x11; 16]),
+            positions: vec![ScopePosition {
+                scope: Scope::Village(6_302_010_001),
+                position: Position { since: 300, after: None },
+            }],
+            uploads: vec![],
+        };
+        let bytes = request.encode();
+        assert_eq!(
+            hex(&bytes),
+            "44 53 01 01 \
+             10 11 11 11 11 11 11 11 11 11 11 11 11 11 11 11 11 \
+             01 00 91 95 84 bd 17 ac 02 00 \
+             00"
+        );
+        assert_eq!(bytes.len(), 32);
+    }
+
+    #[test]
+    fn response_bytes() {
+        let response = SyncResponse {
+            verdicts: vec![
+                WireVerdict::Accepted,
+                WireVerdict::Refused(Refusal { code: RefusalCode::StatusNotPermitted, detail: "no".into() }),
+                WireVerdict::Held(vec![[0xAA; 32]]),
+            ],
+            rebuilds: vec![],
+            feeds: vec![ScopeFeed {
+                scope: Scope::Village(6_302_010_001),
+                items: vec![FeedItem {
+                    report: ReportId::from_random([0x22; 16]),
+                    delta: Delta::Changes(vec![Bytes(vec![0x85, 0x6f])]),
+                }],
+                position: Position { since: 301, after: None },
+            }],
+        };
+        let bytes = response.encode();
+        let aa = vec!["aa"; 32].join(" ");
+        let rid = vec!["22"; 16].join(" ");
+        assert_eq!(
+            hex(&bytes),
+            format!(
+                "44 53 01 02 \
+                 03 00 01 06 02 6e 6f 02 01 {aa} \
+                 00 \
+                 01 00 91 95 84 bd 17 01 {rid} 00 01 02 85 6f ad 02 00"
+            )
+        );
+        assert_eq!(SyncResponse::decode(&bytes), Ok(response));
+    }
+
+    #[test]
+    fn header_errors() {
+        assert_eq!(SyncRequest::decode(b"DS"), Err(WireError::TooShort(2)));
+        assert_eq!(SyncRequest::decode(b"XX\x01\x01\x00"), Err(WireError::BadMagic));
+        assert_eq!(SyncRequest::decode(b"DS\x02\x01\x00"), Err(WireError::UnsupportedVersion(2)));
+        assert_eq!(SyncRequest::decode(b"DS\x01\x02\x00"), Err(WireError::WrongType(2)));
+        let mut ok = SyncRequest { device: DeviceId::from_bytes([0; 16]), positions: vec![], uploads: vec![] }.encode();
+        ok.push(0);
+        assert_eq!(SyncRequest::decode(&ok), Err(WireError::Trailing(1)));
+    }
+}

@@ -9,11 +9,6 @@ pub fn village() -> VillageCode {
     VillageCode::parse("6302010001").unwrap()
 }
 
-pub fn other_village() -> VillageCode {
-    VillageCode::parse("6310010001")
-        .unwrap_or_else(|_| sync_core::all_villages().last().unwrap().code)
-}
-
 pub fn device(n: u8) -> MemoryDevice {
     MemoryDevice::new(DeviceId::from_bytes([n; 16]), village())
 }
