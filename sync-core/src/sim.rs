@@ -5,13 +5,13 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use automerge::{Automerge, Change, ChangeHash, ReadDoc};
+use automerge::{Automerge, Change, ChangeHash};
 
-use crate::protocol::device::{apply_delta, DeviceSync};
-use crate::protocol::rebuild::rebuild;
+use crate::protocol::absorb::{absorb, DeviceStore, RecordedRefusal};
+use crate::protocol::device::DeviceSync;
 use crate::protocol::server::{self as steps, FeedBuilder, Receipt};
 use crate::protocol::{Rebuild, Scope, SyncRequest, SyncResponse, WireError};
-use crate::rules::{self, Refusal, RefusalCode, Role, Verdict};
+use crate::rules::{self, Role, Verdict};
 use crate::{
     DeviceId, Edit, NewReport, Report, ReportError, ReportId, ReportKind, VillageCode, Writer,
 };
@@ -215,17 +215,6 @@ impl MemoryServer {
     }
 }
 
-/// A refusal as the device records it for the volunteer.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RecordedRefusal {
-    /// The report.
-    pub report: ReportId,
-    /// The refused (or dropped) change.
-    pub change: ChangeHash,
-    /// Why.
-    pub refusal: Refusal,
-}
-
 /// A device store, all in memory.
 #[derive(Debug, Clone)]
 pub struct MemoryDevice {
@@ -250,12 +239,65 @@ pub enum DeviceError {
     /// A response that does not fit the request.
     #[error(transparent)]
     Protocol(#[from] crate::protocol::device::ProtocolError),
-    /// A delta that does not apply.
-    #[error(transparent)]
-    Apply(#[from] crate::protocol::device::ApplyError),
-    /// A rebuild that failed.
-    #[error("rebuild failed: {0}")]
-    Rebuild(String),
+    /// The outcome could not be taken into the store.
+    #[error("absorbing the answer: {0}")]
+    Absorb(String),
+    /// The server refused the whole request.
+    #[error("server refused the request: {0}")]
+    Refused(String),
+}
+
+impl DeviceStore for MemoryDevice {
+    type Error = std::convert::Infallible;
+
+    fn load(&mut self, id: ReportId) -> Result<Option<Automerge>, Self::Error> {
+        Ok(self.reports.get(&id).cloned())
+    }
+
+    fn store(&mut self, id: ReportId, doc: &Automerge) -> Result<(), Self::Error> {
+        self.reports.insert(id, doc.clone());
+        Ok(())
+    }
+
+    fn forget(&mut self, id: ReportId) -> Result<(), Self::Error> {
+        self.reports.remove(&id);
+        Ok(())
+    }
+
+    fn unacknowledged(&mut self, id: ReportId) -> Result<Vec<Change>, Self::Error> {
+        Ok(self.outbox.get(&id).cloned().unwrap_or_default())
+    }
+
+    fn acknowledge(&mut self, changes: &[(ReportId, ChangeHash)]) -> Result<(), Self::Error> {
+        let acked: HashSet<ChangeHash> = changes.iter().map(|(_, h)| *h).collect();
+        for queue in self.outbox.values_mut() {
+            queue.retain(|c| !acked.contains(&c.hash()));
+        }
+        Ok(())
+    }
+
+    fn requeue(&mut self, id: ReportId, change: Change) -> Result<(), Self::Error> {
+        let queue = self.outbox.entry(id).or_default();
+        if !queue.iter().any(|c| c.hash() == change.hash()) {
+            queue.insert(0, change);
+        }
+        Ok(())
+    }
+
+    fn replace_outbox(&mut self, id: ReportId, changes: Vec<Change>) -> Result<(), Self::Error> {
+        self.outbox.insert(id, changes);
+        Ok(())
+    }
+
+    fn next_writer(&mut self, id: ReportId) -> Result<Writer, Self::Error> {
+        *self.generations.entry(id).or_insert(0) += 1;
+        Ok(self.writer(id))
+    }
+
+    fn record_refusal(&mut self, refusal: RecordedRefusal) -> Result<(), Self::Error> {
+        self.refusals.push(refusal);
+        Ok(())
+    }
 }
 
 impl MemoryDevice {
@@ -363,68 +405,10 @@ impl MemoryDevice {
         let sent = self.outbox_list();
         let mut sync = self.sync.clone();
         let outcome = sync.handle(&sent, response)?;
-        let acked: HashSet<ChangeHash> = outcome.acknowledged.iter().map(|(_, h)| *h).collect();
-        for changes in self.outbox.values_mut() {
-            changes.retain(|c| !acked.contains(&c.hash()));
-        }
-        for (report, _, missing) in &outcome.held {
-            let Some(doc) = self.reports.get(report) else {
-                continue;
-            };
-            let queue = self.outbox.entry(*report).or_default();
-            for hash in missing {
-                if let Some(change) = doc.get_change_by_hash(hash) {
-                    if !queue.iter().any(|c| c.hash() == *hash) {
-                        queue.insert(0, change);
-                    }
-                }
-            }
-        }
-        let mut direct: HashMap<ReportId, HashSet<ChangeHash>> = HashMap::new();
-        for (report, hash, refusal) in &outcome.refused {
-            if refusal.code != RefusalCode::DependsOnRefused {
-                direct.entry(*report).or_default().insert(*hash);
-                self.refusals.push(RecordedRefusal {
-                    report: *report,
-                    change: *hash,
-                    refusal: refusal.clone(),
-                });
-            }
-        }
-        for (report, snapshot) in &outcome.rebuilds {
-            let local = self.reports.get(report).cloned().unwrap_or_default();
-            let unacked = self.outbox.remove(report).unwrap_or_default();
-            let generation = self.generations.entry(*report).or_insert(0);
-            *generation += 1;
-            let writer = self.writer(*report);
-            let refused = direct.remove(report).unwrap_or_default();
-            let rebuilt = rebuild(*report, &local, snapshot, &unacked, &refused, &writer)
-                .map_err(DeviceError::Rebuild)?;
-            for (change, refusal) in rebuilt.dropped {
-                self.refusals.push(RecordedRefusal {
-                    report: *report,
-                    change,
-                    refusal,
-                });
-            }
-            match rebuilt.report {
-                Some(r) => {
-                    self.reports.insert(*report, r.into_doc());
-                }
-                None => {
-                    self.reports.remove(report);
-                }
-            }
-            if !rebuilt.reapplied.is_empty() {
-                self.outbox.insert(*report, rebuilt.reapplied);
-            }
-        }
-        for item in &outcome.incoming {
-            let doc = apply_delta(self.reports.remove(&item.report), item)?;
-            self.reports.insert(item.report, doc);
-        }
+        let more = outcome.more;
+        absorb(self, outcome).map_err(|e| DeviceError::Absorb(e.to_string()))?;
         self.sync = sync;
-        Ok(outcome.more)
+        Ok(more)
     }
 
     /// Sync with `server` until nothing more is pending: returns (round trips, bytes sent, bytes
@@ -438,11 +422,7 @@ impl MemoryDevice {
             let request = self.request();
             let response = match server.handle(&request) {
                 Ok(r) => r,
-                Err(e) => {
-                    return Err(DeviceError::Rebuild(format!(
-                        "server refused the request: {e}"
-                    )))
-                }
+                Err(e) => return Err(DeviceError::Refused(e.to_string())),
             };
             trips += 1;
             up += request.len();

@@ -252,7 +252,10 @@ fn merged_state_refusal_is_recovered_on_the_device() {
     .unwrap();
     b.edit(
         id,
-        &[add("people", json!({"role": "witness", "name": "Siti", "age": 17}))],
+        &[add(
+            "people",
+            json!({"role": "witness", "name": "Siti", "age": 17}),
+        )],
     )
     .unwrap();
     b.edit(id, &[set("people.0.sex", json!("female"))]).unwrap();

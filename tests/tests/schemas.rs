@@ -20,9 +20,15 @@ fn every_schema_file_is_the_one_sync_core_embeds() {
             continue;
         }
         let name = path.file_stem().unwrap().to_str().unwrap().to_owned();
-        let kind: ReportKind = name.parse().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let kind: ReportKind = name
+            .parse()
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(text, schema::schema_text(kind), "{name}.json differs from the embedded copy");
+        assert_eq!(
+            text,
+            schema::schema_text(kind),
+            "{name}.json differs from the embedded copy"
+        );
         kinds.push(kind);
     }
     kinds.sort();
@@ -35,14 +41,21 @@ fn the_examples_are_valid_reports_and_breaking_them_is_caught() {
         let path = schemas_dir().join("examples").join(format!("{kind}.json"));
         let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(schema::validate(kind, &doc), Ok(()), "{}", path.display());
-        VillageCode::parse(doc["village"].as_str().unwrap()).expect("example village is in the working area");
+        VillageCode::parse(doc["village"].as_str().unwrap())
+            .expect("example village is in the working area");
 
         let mut broken = doc.clone();
         broken["schema_version"] = Value::from(2);
-        assert!(schema::validate(kind, &broken).is_err(), "{kind}: schema_version is checked");
+        assert!(
+            schema::validate(kind, &broken).is_err(),
+            "{kind}: schema_version is checked"
+        );
         let mut extra = doc;
         extra["surprise"] = Value::from(true);
-        assert!(schema::validate(kind, &extra).is_err(), "{kind}: unknown fields are refused");
+        assert!(
+            schema::validate(kind, &extra).is_err(),
+            "{kind}: unknown fields are refused"
+        );
     }
 }
 
@@ -50,6 +63,10 @@ fn the_examples_are_valid_reports_and_breaking_them_is_caught() {
 fn the_village_list_has_the_whole_working_area() {
     let villages: Vec<_> = sync_core::all_villages().collect();
     assert_eq!(villages.len(), 341);
-    let regencies: std::collections::BTreeSet<&str> = villages.iter().map(|v| v.regency_name.as_str()).collect();
-    assert_eq!(regencies.into_iter().collect::<Vec<_>>(), ["Kabupaten Kotabaru", "Kabupaten Tanah Bumbu"]);
+    let regencies: std::collections::BTreeSet<&str> =
+        villages.iter().map(|v| v.regency_name.as_str()).collect();
+    assert_eq!(
+        regencies.into_iter().collect::<Vec<_>>(),
+        ["Kabupaten Kotabaru", "Kabupaten Tanah Bumbu"]
+    );
 }

@@ -2,6 +2,7 @@
 //! position in each scope; the answer carries a verdict per change and everything the device is
 //! missing. Both halves are pure state machines; `docs/protocol.md` gives the bytes.
 
+pub mod absorb;
 pub mod device;
 pub mod rebuild;
 pub mod server;

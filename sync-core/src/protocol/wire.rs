@@ -275,7 +275,11 @@ mod tests {
     use super::*;
 
     fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
+        bytes
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     /// The byte layout documented in docs/protocol.md, pinned.
@@ -285,7 +289,10 @@ mod tests {
             device: DeviceId::from_bytes([0x11; 16]),
             positions: vec![ScopePosition {
                 scope: Scope::Village(6_302_010_001),
-                position: Position { since: 300, after: None },
+                position: Position {
+                    since: 300,
+                    after: None,
+                },
             }],
             uploads: vec![],
         };
@@ -305,7 +312,10 @@ mod tests {
         let response = SyncResponse {
             verdicts: vec![
                 WireVerdict::Accepted,
-                WireVerdict::Refused(Refusal { code: RefusalCode::StatusNotPermitted, detail: "no".into() }),
+                WireVerdict::Refused(Refusal {
+                    code: RefusalCode::StatusNotPermitted,
+                    detail: "no".into(),
+                }),
                 WireVerdict::Held(vec![[0xAA; 32]]),
             ],
             rebuilds: vec![],
@@ -315,7 +325,10 @@ mod tests {
                     report: ReportId::from_random([0x22; 16]),
                     delta: Delta::Changes(vec![Bytes(vec![0x85, 0x6f])]),
                 }],
-                position: Position { since: 301, after: None },
+                position: Position {
+                    since: 301,
+                    after: None,
+                },
             }],
         };
         let bytes = response.encode();
@@ -336,10 +349,24 @@ mod tests {
     #[test]
     fn header_errors() {
         assert_eq!(SyncRequest::decode(b"DS"), Err(WireError::TooShort(2)));
-        assert_eq!(SyncRequest::decode(b"XX\x01\x01\x00"), Err(WireError::BadMagic));
-        assert_eq!(SyncRequest::decode(b"DS\x02\x01\x00"), Err(WireError::UnsupportedVersion(2)));
-        assert_eq!(SyncRequest::decode(b"DS\x01\x02\x00"), Err(WireError::WrongType(2)));
-        let mut ok = SyncRequest { device: DeviceId::from_bytes([0; 16]), positions: vec![], uploads: vec![] }.encode();
+        assert_eq!(
+            SyncRequest::decode(b"XX\x01\x01\x00"),
+            Err(WireError::BadMagic)
+        );
+        assert_eq!(
+            SyncRequest::decode(b"DS\x02\x01\x00"),
+            Err(WireError::UnsupportedVersion(2))
+        );
+        assert_eq!(
+            SyncRequest::decode(b"DS\x01\x02\x00"),
+            Err(WireError::WrongType(2))
+        );
+        let mut ok = SyncRequest {
+            device: DeviceId::from_bytes([0; 16]),
+            positions: vec![],
+            uploads: vec![],
+        }
+        .encode();
         ok.push(0);
         assert_eq!(SyncRequest::decode(&ok), Err(WireError::Trailing(1)));
     }
