@@ -151,6 +151,11 @@ impl<'de> serde::Deserialize<'de> for VillageCode {
 }
 
 impl DistrictCode {
+    /// The numeric code (its storage form).
+    pub fn as_u32(&self) -> u32 {
+        self.0
+    }
+
     /// Parse a 7-digit district code of the working area.
     pub fn parse(text: &str) -> Result<Self, VillageError> {
         let t = text.trim();

@@ -258,6 +258,18 @@ impl FeedBuilder {
         self.last = Some(PageMark { seq, report });
     }
 
+    /// Add the next report as a whole document the shell already holds as bytes (a compacted
+    /// snapshot, possibly followed by change chunks — what automerge `load` reads). For a device that
+    /// has none of the report: the server need not load the document at all.
+    pub fn push_snapshot(&mut self, report: ReportId, seq: u64, bytes: Vec<u8>) {
+        self.bytes += bytes.len();
+        self.items.push(FeedItem {
+            report,
+            delta: Delta::Snapshot(Bytes(bytes)),
+        });
+        self.last = Some(PageMark { seq, report });
+    }
+
     /// The feed. `more` says whether the shell has reports beyond those pushed.
     pub fn finish(self, more: bool) -> ScopeFeed {
         let position = match (more, self.last) {

@@ -1,0 +1,390 @@
+//! The server's work, between HTTP and the store: admitting changes (sync-core's rules), committing
+//! them, and building what each device is missing. Blocking: the HTTP layer calls it from
+//! `web::block`, never on the async executor.
+//!
+//! Ingests are serialized by one lock (a commit's seq must follow the last one, and admission must
+//! see the state it commits on top of). Reads — feeds, coordinator queries — run concurrently.
+//! Documents live in a bounded LRU cache; the store is the truth: a cache entry is replaced only
+//! after its commit returned, and dropped if the commit failed.
+
+use std::collections::{HashMap, HashSet};
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use lru::LruCache;
+use sync_core::automerge::{Automerge, Change, ChangeHash};
+use sync_core::protocol::server::{self as steps, FeedBuilder, Receipt};
+use sync_core::protocol::{Bytes, Position, Rebuild, SyncRequest, SyncResponse, WireError};
+use sync_core::rules::{self, Role, Verdict};
+use sync_core::{Report, ReportId, ReportKind, VillageCode};
+
+use crate::store::{Commit, ReportRow, ReportWrite, Store, StoreError, StoredDoc, COMPACT_AFTER};
+
+/// Why the engine could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The request body is not a sync message.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// The request is well-formed but refused whole (unknown village…).
+    #[error(transparent)]
+    Plan(#[from] steps::PlanError),
+    /// Storage failed: nothing was acknowledged.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored document does not load.
+    #[error("stored report {0} does not load: {1}")]
+    Corrupt(ReportId, String),
+    /// A lock was poisoned by a panic in another request.
+    #[error("internal state lock poisoned")]
+    Poisoned,
+    /// No such report.
+    #[error("no report {0}")]
+    NotFound(ReportId),
+    /// The rules refused the edit; nothing was stored.
+    #[error("refused: {0}")]
+    Refused(sync_core::Refusal),
+    /// The edit itself is malformed.
+    #[error("{0}")]
+    BadEdit(String),
+}
+
+/// A report's working state: the document and what the store keeps beside it.
+#[derive(Clone, Default)]
+pub(crate) struct Working {
+    pub(crate) doc: Automerge,
+    pub(crate) receipts: Vec<Receipt>,
+    pub(crate) tail_len: usize,
+    pub(crate) held: Vec<Change>,
+    pub(crate) exists: bool,
+}
+
+/// The engine.
+pub struct Engine {
+    store: Arc<dyn Store>,
+    cache: Mutex<LruCache<ReportId, Arc<Working>>>,
+    ingest_lock: Mutex<()>,
+}
+
+/// Server clock, unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Engine {
+    /// An engine over `store`, caching up to `cache_reports` documents.
+    pub fn new(store: Arc<dyn Store>, cache_reports: usize) -> Self {
+        let capacity = NonZeroUsize::new(cache_reports.max(1)).unwrap_or(NonZeroUsize::MIN);
+        Engine {
+            store,
+            cache: Mutex::new(LruCache::new(capacity)),
+            ingest_lock: Mutex::new(()),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn cache(&self) -> Result<MutexGuard<'_, LruCache<ReportId, Arc<Working>>>, EngineError> {
+        self.cache.lock().map_err(|_| EngineError::Poisoned)
+    }
+
+    /// A report's working state, from the cache or the store (and then cached).
+    pub(crate) fn working(&self, id: &ReportId) -> Result<Option<Arc<Working>>, EngineError> {
+        if let Some(w) = self.cache()?.get(id) {
+            return Ok(Some(w.clone()));
+        }
+        let Some(stored) = self.store.load(id)? else {
+            return Ok(None);
+        };
+        let working = Arc::new(load_working(id, &stored)?);
+        self.cache()?.put(*id, working.clone());
+        Ok(Some(working))
+    }
+
+    /// Create the profile of every village that has none (first start). Deterministic documents:
+    /// running it again, or on another server, makes the same bytes.
+    pub fn seed_village_profiles(&self) -> Result<usize, EngineError> {
+        let mut batches = Vec::new();
+        for village in sync_core::all_villages() {
+            let id = ReportId::village_profile(village.code);
+            if self.store.row(&id)?.is_none() {
+                let (_, change) = Report::village_profile(village.code)
+                    .map_err(|e| EngineError::Corrupt(id, e.to_string()))?;
+                batches.push((id, vec![change]));
+            }
+        }
+        let n = batches.len();
+        if n > 0 {
+            self.ingest(batches, Role::Server)?;
+        }
+        Ok(n)
+    }
+
+    /// Admit and commit changes, report by report, as one commit. Returns the verdicts.
+    pub fn ingest(
+        &self,
+        batches: Vec<(ReportId, Vec<Change>)>,
+        role: Role,
+    ) -> Result<HashMap<ReportId, HashMap<ChangeHash, Verdict>>, EngineError> {
+        let _one_at_a_time = self.ingest_lock.lock().map_err(|_| EngineError::Poisoned)?;
+        let now = now_ms();
+        let seq = self.store.last_seq()? + 1;
+        let mut commit = Commit {
+            seq,
+            received_at: now,
+            ..Commit::default()
+        };
+        let mut judged = HashMap::new();
+        let mut staged: Vec<(ReportId, Working)> = Vec::new();
+        for (id, changes) in batches {
+            let mut working = match self.cache()?.pop(&id) {
+                Some(w) => Arc::try_unwrap(w).unwrap_or_else(|shared| (*shared).clone()),
+                None => match self.store.load(&id)? {
+                    Some(stored) => load_working(&id, &stored)?,
+                    None => Working::default(),
+                },
+            };
+            let held_before: HashSet<ChangeHash> = working.held.iter().map(Change::hash).collect();
+            let mut all = std::mem::take(&mut working.held);
+            all.extend(
+                changes
+                    .into_iter()
+                    .filter(|c| !held_before.contains(&c.hash())),
+            );
+            let admission = rules::admit(&mut working.doc, id, all, role);
+            let held_after: HashSet<ChangeHash> = admission.held.iter().map(Change::hash).collect();
+            if held_after != held_before {
+                commit.held.push((
+                    id,
+                    admission
+                        .held
+                        .iter()
+                        .map(|c| c.raw_bytes().to_vec())
+                        .collect(),
+                ));
+            }
+            working.held = admission.held;
+            if let (false, Some(state)) = (admission.applied.is_empty(), &admission.state) {
+                let row = materialized_row(id, state, seq, now)?;
+                steps::record_receipt(
+                    &mut working.receipts,
+                    Receipt {
+                        seq,
+                        received_at: now,
+                        heads: working.doc.get_heads().iter().map(|h| h.0).collect(),
+                    },
+                );
+                working.tail_len += admission.applied.len();
+                let snapshot = if !working.exists || working.tail_len >= COMPACT_AFTER {
+                    working.tail_len = 0;
+                    Some(working.doc.save())
+                } else {
+                    None
+                };
+                working.exists = true;
+                commit.writes.push(ReportWrite {
+                    row,
+                    changes: admission
+                        .applied
+                        .iter()
+                        .map(|c| (c.hash().0, c.raw_bytes().to_vec()))
+                        .collect(),
+                    snapshot,
+                    receipts: working.receipts.clone(),
+                });
+            }
+            judged.insert(id, admission.verdicts);
+            staged.push((id, working));
+        }
+        if !commit.writes.is_empty() || !commit.held.is_empty() {
+            // On error the popped cache entries are simply not put back: the next request reloads
+            // the committed state from the store.
+            self.store.commit(&commit)?;
+        }
+        let mut cache = self.cache()?;
+        for (id, working) in staged {
+            if working.exists || !working.held.is_empty() {
+                cache.put(id, Arc::new(working));
+            }
+        }
+        Ok(judged)
+    }
+
+    /// Answer one sync request (the body of `POST /api/v1/sync`).
+    pub fn sync(&self, body: &[u8], role: Role) -> Result<Vec<u8>, EngineError> {
+        let request = SyncRequest::decode(body)?;
+        let plan = steps::plan(&request)?;
+        let judged = if plan.reports().is_empty() {
+            HashMap::new()
+        } else {
+            self.ingest(plan.reports().to_vec(), role)?
+        };
+        let verdicts = plan.verdicts(&judged);
+        let mut rebuilds = Vec::new();
+        for (id, v) in &judged {
+            if v.values().any(|v| matches!(v, Verdict::Refused(_))) {
+                let snapshot = match self.working(id)? {
+                    Some(w) if w.exists => w.doc.save(),
+                    _ => Vec::new(),
+                };
+                rebuilds.push(Rebuild {
+                    report: *id,
+                    snapshot: Bytes(snapshot),
+                });
+            }
+        }
+        rebuilds.sort_by_key(|r| r.report);
+        let exclude = plan.uploaded();
+        let mut feeds = Vec::new();
+        for (scope, village, position) in plan.positions() {
+            feeds.push(self.feed(*scope, *village, *position, &exclude)?);
+        }
+        Ok(SyncResponse {
+            verdicts,
+            rebuilds,
+            feeds,
+        }
+        .encode())
+    }
+
+    fn feed(
+        &self,
+        scope: sync_core::protocol::Scope,
+        village: VillageCode,
+        position: Position,
+        exclude: &HashSet<ChangeHash>,
+    ) -> Result<sync_core::protocol::ScopeFeed, EngineError> {
+        let rows = self
+            .store
+            .feed(village, &position, steps::PAGE_REPORTS + 1)?;
+        let mut builder = FeedBuilder::new(scope, position);
+        let mut rows = rows.into_iter().peekable();
+        while builder.has_room() {
+            let Some(row) = rows.next() else { break };
+            // A device with none of the report gets the stored bytes as they are: no automerge
+            // work on the server for a new device's catch-up.
+            let cached = self.cache()?.get(&row.id).cloned();
+            let knows_some =
+                |receipts: &[Receipt]| receipts.iter().any(|r| r.seq <= position.since);
+            match cached {
+                Some(w) if knows_some(&w.receipts) => {
+                    builder.push(row.id, row.last_seq, &w.doc, &w.receipts, exclude);
+                }
+                Some(w) => builder.push_snapshot(row.id, row.last_seq, w.doc.save()),
+                None => {
+                    let Some(stored) = self.store.load(&row.id)? else {
+                        continue;
+                    };
+                    if knows_some(&stored.receipts) {
+                        let working = Arc::new(load_working(&row.id, &stored)?);
+                        builder.push(
+                            row.id,
+                            row.last_seq,
+                            &working.doc,
+                            &working.receipts,
+                            exclude,
+                        );
+                        self.cache()?.put(row.id, working);
+                    } else {
+                        builder.push_snapshot(row.id, row.last_seq, stored.full_bytes());
+                    }
+                }
+            }
+        }
+        Ok(builder.finish(rows.peek().is_some()))
+    }
+}
+
+impl Engine {
+    /// A coordinator's (or any API writer's) edit: made on the current state, then admitted and
+    /// committed like any change, so it flows to devices on their next sync. `Ok(None)`: the edit
+    /// changed nothing.
+    pub fn edit(
+        &self,
+        id: ReportId,
+        edits: &[sync_core::Edit],
+        writer: &sync_core::Writer,
+    ) -> Result<Option<ChangeHash>, EngineError> {
+        let working = self
+            .working(&id)?
+            .filter(|w| w.exists)
+            .ok_or(EngineError::NotFound(id))?;
+        let mut report = Report::from_doc(id, working.doc.clone())
+            .map_err(|e| EngineError::Corrupt(id, e.to_string()))?;
+        let change = match report.edit(edits, writer) {
+            Ok(Some(change)) => change,
+            Ok(None) => return Ok(None),
+            Err(sync_core::ReportError::Refused(r)) => return Err(EngineError::Refused(r)),
+            Err(e) => return Err(EngineError::BadEdit(e.to_string())),
+        };
+        let hash = change.hash();
+        let judged = self.ingest(vec![(id, vec![change])], writer.role)?;
+        match judged.get(&id).and_then(|v| v.get(&hash)) {
+            Some(Verdict::Accepted) => Ok(Some(hash)),
+            Some(Verdict::Refused(r)) => Err(EngineError::Refused(r.clone())),
+            _ => Err(EngineError::BadEdit("the edit could not be applied".into())),
+        }
+    }
+}
+
+/// Load stored bytes into a working state. Stored bytes are checked like network bytes: a damaged
+/// row is an error, never a panic.
+fn load_working(id: &ReportId, stored: &StoredDoc) -> Result<Working, EngineError> {
+    let corrupt = |e: String| EngineError::Corrupt(*id, e);
+    let mut doc = if stored.snapshot.is_empty() {
+        Automerge::new()
+    } else {
+        Automerge::load(&stored.snapshot).map_err(|e| corrupt(e.to_string()))?
+    };
+    let tail = parse_changes(&stored.tail).map_err(corrupt)?;
+    let tail_len = tail.len();
+    doc.apply_changes(tail)
+        .map_err(|e| corrupt(e.to_string()))?;
+    Ok(Working {
+        exists: stored.last_seq > 0,
+        doc,
+        receipts: stored.receipts.clone(),
+        tail_len,
+        held: parse_changes(&stored.held).map_err(corrupt)?,
+    })
+}
+
+fn parse_changes(raw: &[Vec<u8>]) -> Result<Vec<Change>, String> {
+    raw.iter()
+        .map(|b| Change::from_bytes(b.clone()).map_err(|e| e.to_string()))
+        .collect()
+}
+
+/// The indexed row of a report from its merged JSON (already validated against its schema).
+fn materialized_row(
+    id: ReportId,
+    state: &serde_json::Value,
+    seq: u64,
+    now: i64,
+) -> Result<ReportRow, EngineError> {
+    let corrupt =
+        |what: &str| EngineError::Corrupt(id, format!("merged state has no valid {what}"));
+    let text = |key: &str| state.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+    let kind: ReportKind = text("kind")
+        .and_then(|k| k.parse().ok())
+        .ok_or_else(|| corrupt("kind"))?;
+    let village = text("village")
+        .and_then(|v| VillageCode::parse(&v).ok())
+        .ok_or_else(|| corrupt("village"))?;
+    Ok(ReportRow {
+        id,
+        kind,
+        village,
+        status: text("status"),
+        title: text("title"),
+        created_at: text("created_at").unwrap_or_default(),
+        updated_at: now,
+        last_seq: seq,
+        json: state.to_string(),
+    })
+}

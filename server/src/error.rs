@@ -1,0 +1,93 @@
+//! The one API error type: every failure becomes an HTTP status with a JSON body
+//! `{"error": "<code>", "detail": "<sentence>"}`.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use sync_core::protocol::server::PlanError;
+
+use crate::engine::EngineError;
+
+/// An API failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request is malformed (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The body is larger than the configured limit (413).
+    #[error("body larger than the limit of {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// Well-formed but names something unknown (422), e.g. a village outside the working area.
+    #[error("{0}")]
+    Unprocessable(String),
+    /// The change was refused by the rules (422).
+    #[error("{0}")]
+    Refused(String),
+    /// No such resource (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// Something failed on the server (500); nothing was acknowledged.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::TooLarge { .. } => "too_large",
+            ApiError::Unprocessable(_) => "unprocessable",
+            ApiError::Refused(_) => "refused",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unprocessable(_) | ApiError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let ApiError::Internal(detail) = self {
+            tracing::error!(%detail, "request failed");
+        }
+        HttpResponse::build(self.status_code()).json(serde_json::json!({
+            "error": self.code(),
+            "detail": self.to_string(),
+        }))
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Wire(w) => ApiError::BadRequest(format!("malformed sync body: {w}")),
+            EngineError::Plan(p @ PlanError::UnknownVillage(_)) => {
+                ApiError::Unprocessable(p.to_string())
+            }
+            EngineError::Plan(p) => ApiError::BadRequest(p.to_string()),
+            EngineError::NotFound(id) => ApiError::NotFound(format!("no report {id}")),
+            EngineError::Refused(r) => ApiError::Refused(r.to_string()),
+            EngineError::BadEdit(e) => ApiError::BadRequest(e),
+            e @ (EngineError::Store(_) | EngineError::Corrupt(..) | EngineError::Poisoned) => {
+                ApiError::Internal(e.to_string())
+            }
+        }
+    }
+}
+
+impl From<actix_web::error::BlockingError> for ApiError {
+    fn from(e: actix_web::error::BlockingError) -> Self {
+        ApiError::Internal(format!("worker pool: {e}"))
+    }
+}

@@ -1,0 +1,35 @@
+//! `desa-server`: see `desa-server --help`.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use desa_server::config::{Cli, Command};
+use desa_server::startup::Application;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(settings) => serve(&settings),
+    }
+}
+
+fn serve(settings: &desa_server::config::Settings) -> ExitCode {
+    let result = actix_web::rt::System::new().block_on(async {
+        let app = Application::build(settings).map_err(|e| e.to_string())?;
+        app.run_until_stopped().await.map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("desa-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! Building and running the server: `Application::build` binds (port 0 works: tests read the real
+//! port from `port()`), opens the store, creates the village profiles, then `run_until_stopped`.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::{middleware, web, App, HttpServer};
+
+use crate::config::Settings;
+use crate::engine::Engine;
+use crate::routes::{self, Limits};
+use crate::store::sqlite::SqliteStore;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Refused configuration.
+    #[error("{0}")]
+    Config(String),
+    /// The data directory or database could not be opened.
+    #[error("opening the store at {path}: {source}")]
+    Store {
+        /// Database path.
+        path: String,
+        /// Why.
+        source: crate::store::StoreError,
+    },
+    /// Creating the village profiles failed.
+    #[error("creating village profiles: {0}")]
+    Seed(#[from] crate::engine::EngineError),
+    /// Binding the address failed.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A built, not yet running, server.
+pub struct Application {
+    port: u16,
+    server: Server,
+}
+
+impl Application {
+    /// Open the store and bind.
+    pub fn build(settings: &Settings) -> Result<Self, StartError> {
+        if !settings.bind.ip().is_loopback() && !settings.insecure_allow_remote {
+            return Err(StartError::Config(format!(
+                "refusing to listen on {}: there is no access control yet, so anyone who can reach \
+                 the port could read every report. Use a loopback address, or pass \
+                 --insecure-allow-remote on a closed, trusted network.",
+                settings.bind
+            )));
+        }
+        std::fs::create_dir_all(&settings.data).map_err(|e| {
+            StartError::Config(format!(
+                "creating data directory {}: {e}",
+                settings.data.display()
+            ))
+        })?;
+        let db = settings.data.join("desa.sqlite3");
+        let store = SqliteStore::open(&db).map_err(|source| StartError::Store {
+            path: db.display().to_string(),
+            source,
+        })?;
+        let engine = Engine::new(Arc::new(store), settings.cache_reports);
+        let created = engine.seed_village_profiles()?;
+        if created > 0 {
+            tracing::info!(created, "created village profiles");
+        }
+        let listener = TcpListener::bind(settings.bind).map_err(|source| StartError::Bind {
+            addr: settings.bind,
+            source,
+        })?;
+        let port = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: settings.bind,
+                source,
+            })?
+            .port();
+        let engine = web::Data::new(engine);
+        let limits = web::Data::new(Limits {
+            max_body: settings.max_body,
+        });
+        let json_limit = settings.max_body;
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .wrap(middleware::Compress::default())
+                // Method and path only: query strings may one day carry secrets.
+                .wrap(middleware::Logger::new("%a \"%U\" %s %b %Dms"))
+                .app_data(engine.clone())
+                .app_data(limits.clone())
+                .app_data(
+                    web::JsonConfig::default()
+                        .limit(json_limit)
+                        .error_handler(routes::json_error),
+                )
+                .app_data(web::QueryConfig::default().error_handler(routes::query_error))
+                .configure(routes::configure)
+        })
+        .listen(listener)
+        .map_err(|source| StartError::Bind {
+            addr: settings.bind,
+            source,
+        })?;
+        if let Some(workers) = settings.workers {
+            server = server.workers(workers);
+        }
+        tracing::info!(addr = %settings.bind, port, db = %db.display(), "desa-server listening");
+        Ok(Application {
+            port,
+            server: server.run(),
+        })
+    }
+
+    /// The port actually bound.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serve until SIGINT/SIGTERM.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}

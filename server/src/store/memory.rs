@@ -1,0 +1,193 @@
+//! The reference store: everything in memory behind one lock. Not durable (it is for tests and for
+//! checking that the contract tests describe behaviour, not SQLite details).
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use sync_core::protocol::Position;
+use sync_core::{ReportId, VillageCode};
+
+use super::{
+    seq_check, ChangeReceipt, Commit, FeedRow, ReportQuery, ReportRow, Store, StoreError,
+    StoredDoc, VillageCount,
+};
+
+#[derive(Default)]
+struct Entry {
+    row: Option<ReportRow>,
+    doc: StoredDoc,
+    receipts: Vec<ChangeReceipt>,
+}
+
+/// Everything in memory.
+#[derive(Default)]
+pub struct MemoryStore {
+    entries: Mutex<BTreeMap<ReportId, Entry>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut BTreeMap<ReportId, Entry>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut guard = self
+            .entries
+            .lock()
+            .map_err(|_| StoreError::Database("memory store lock poisoned".into()))?;
+        f(&mut guard)
+    }
+}
+
+fn last_seq(entries: &BTreeMap<ReportId, Entry>) -> u64 {
+    entries
+        .values()
+        .filter_map(|e| e.row.as_ref())
+        .map(|r| r.last_seq)
+        .max()
+        .unwrap_or(0)
+}
+
+impl Store for MemoryStore {
+    fn load(&self, id: &ReportId) -> Result<Option<StoredDoc>, StoreError> {
+        self.with(|m| {
+            Ok(m.get(id)
+                .and_then(|e| (e.row.is_some() || !e.doc.held.is_empty()).then(|| e.doc.clone())))
+        })
+    }
+
+    fn last_seq(&self) -> Result<u64, StoreError> {
+        self.with(|m| Ok(last_seq(m)))
+    }
+
+    fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
+        self.with(|m| {
+            seq_check(last_seq(m), commit)?;
+            // Build the new entries aside, then swap them in: all or nothing.
+            let mut staged: Vec<(ReportId, Entry)> = Vec::new();
+            for write in &commit.writes {
+                let id = write.row.id;
+                let old = m.get(&id);
+                let mut doc = old.map(|e| e.doc.clone()).unwrap_or_default();
+                let mut receipts = old.map(|e| e.receipts.clone()).unwrap_or_default();
+                for (hash, bytes) in &write.changes {
+                    if receipts.iter().any(|r| r.hash == *hash) {
+                        continue;
+                    }
+                    receipts.push(ChangeReceipt {
+                        hash: *hash,
+                        seq: commit.seq,
+                        received_at: commit.received_at,
+                    });
+                    doc.tail.push(bytes.clone());
+                }
+                if let Some(snapshot) = &write.snapshot {
+                    doc.snapshot = snapshot.clone();
+                    doc.tail.clear();
+                }
+                doc.receipts = write.receipts.clone();
+                doc.last_seq = commit.seq;
+                let mut row = write.row.clone();
+                row.last_seq = commit.seq;
+                row.updated_at = commit.received_at;
+                staged.push((
+                    id,
+                    Entry {
+                        row: Some(row),
+                        doc,
+                        receipts,
+                    },
+                ));
+            }
+            for (id, entry) in staged {
+                let held = m.get(&id).map(|e| e.doc.held.clone()).unwrap_or_default();
+                let mut entry = entry;
+                entry.doc.held = held;
+                m.insert(id, entry);
+            }
+            for (id, held) in &commit.held {
+                m.entry(*id).or_default().doc.held = held.clone();
+            }
+            Ok(())
+        })
+    }
+
+    fn feed(
+        &self,
+        village: VillageCode,
+        position: &Position,
+        limit: usize,
+    ) -> Result<Vec<FeedRow>, StoreError> {
+        self.with(|m| {
+            let mut rows: Vec<FeedRow> = m
+                .iter()
+                .filter_map(|(id, e)| e.row.as_ref().map(|r| (id, r)))
+                .filter(|(id, r)| {
+                    r.village == village
+                        && r.last_seq > position.since
+                        && position
+                            .after
+                            .is_none_or(|mark| (r.last_seq, **id) > (mark.seq, mark.report))
+                })
+                .map(|(id, r)| FeedRow {
+                    id: *id,
+                    last_seq: r.last_seq,
+                })
+                .collect();
+            rows.sort_by_key(|r| (r.last_seq, r.id));
+            rows.truncate(limit);
+            Ok(rows)
+        })
+    }
+
+    fn row(&self, id: &ReportId) -> Result<Option<ReportRow>, StoreError> {
+        self.with(|m| Ok(m.get(id).and_then(|e| e.row.clone())))
+    }
+
+    fn query(&self, q: &ReportQuery) -> Result<Vec<ReportRow>, StoreError> {
+        self.with(|m| {
+            let mut rows: Vec<ReportRow> = m
+                .values()
+                .filter_map(|e| e.row.clone())
+                .filter(|r| {
+                    q.village.is_none_or(|v| r.village == v)
+                        && q.district.is_none_or(|d| r.village.district() == d)
+                        && q.kind.is_none_or(|k| r.kind == k)
+                        && q.status
+                            .as_ref()
+                            .is_none_or(|s| r.status.as_ref() == Some(s))
+                        && q.updated_since.is_none_or(|t| r.updated_at > t)
+                        && q.after.is_none_or(|after| (r.last_seq, r.id) > after)
+                })
+                .collect();
+            rows.sort_by_key(|r| (r.last_seq, r.id));
+            rows.truncate(q.limit);
+            Ok(rows)
+        })
+    }
+
+    fn change_receipts(&self, id: &ReportId) -> Result<Vec<ChangeReceipt>, StoreError> {
+        self.with(|m| Ok(m.get(id).map(|e| e.receipts.clone()).unwrap_or_default()))
+    }
+
+    fn village_counts(&self) -> Result<Vec<VillageCount>, StoreError> {
+        self.with(|m| {
+            let mut counts: BTreeMap<(VillageCode, sync_core::ReportKind), u64> = BTreeMap::new();
+            for row in m.values().filter_map(|e| e.row.as_ref()) {
+                *counts.entry((row.village, row.kind)).or_default() += 1;
+            }
+            Ok(counts
+                .into_iter()
+                .map(|((village, kind), count)| VillageCount {
+                    village,
+                    kind,
+                    count,
+                })
+                .collect())
+        })
+    }
+}

@@ -1,0 +1,241 @@
+//! The storage contract.
+//!
+//! Everything the server keeps goes through [`Store`]: a narrow, fallible, synchronous trait (the
+//! server calls it from blocking threads, never from the async executor). SQLite
+//! ([`sqlite::SqliteStore`]) is the embedded default; [`memory::MemoryStore`] is the reference
+//! used to check the contract; a PostgreSQL store would be a third implementation of the same
+//! trait, checked by the same contract tests (`server/tests/store_contract.rs`).
+//!
+//! Writes are whole [`Commit`]s: the accepted changes, the materialized rows, the receipts, the
+//! held changes and the sequence number of one ingest are committed together or not at all.
+
+pub mod memory;
+pub mod sqlite;
+
+use sync_core::protocol::server::Receipt;
+use sync_core::protocol::Position;
+use sync_core::{DistrictCode, ReportId, ReportKind, VillageCode};
+
+/// A storage failure. The server answers 500 and acknowledges nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed (IO, full disk, locked…).
+    #[error("database: {0}")]
+    Database(String),
+    /// Stored bytes do not decode: the store is damaged. Never a panic.
+    #[error("corrupt stored data for {what}: {detail}")]
+    Corrupt {
+        /// What was being read.
+        what: String,
+        /// Why it does not decode.
+        detail: String,
+    },
+    /// A commit whose sequence number does not follow the last one.
+    #[error("sequence {given} does not follow {last}")]
+    Sequence {
+        /// Last committed seq.
+        last: u64,
+        /// Seq of the refused commit.
+        given: u64,
+    },
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
+/// A report's stored state, as needed to merge into it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoredDoc {
+    /// The last compacted snapshot (automerge `save()`), possibly empty.
+    pub snapshot: Vec<u8>,
+    /// Changes accepted since the snapshot, in commit order.
+    pub tail: Vec<Vec<u8>>,
+    /// Receipts of the report's updates (at most [`sync_core::protocol::server::MAX_RECEIPTS`]).
+    pub receipts: Vec<Receipt>,
+    /// Changes held for missing dependencies.
+    pub held: Vec<Vec<u8>>,
+    /// Seq of the latest update (0 if the report has only held changes).
+    pub last_seq: u64,
+}
+
+impl StoredDoc {
+    /// Snapshot and tail as one loadable byte string (automerge loads a document chunk followed by
+    /// change chunks): the whole document, without loading it.
+    pub fn full_bytes(&self) -> Vec<u8> {
+        let mut out = self.snapshot.clone();
+        for change in &self.tail {
+            out.extend_from_slice(change);
+        }
+        out
+    }
+}
+
+/// The materialized, indexed row of a report (what coordinators query).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportRow {
+    /// Id.
+    pub id: ReportId,
+    /// Kind.
+    pub kind: ReportKind,
+    /// Village.
+    pub village: VillageCode,
+    /// Workflow status, for kinds that have one.
+    pub status: Option<String>,
+    /// Title, for kinds that have one.
+    pub title: Option<String>,
+    /// Device time of creation (as written in the document).
+    pub created_at: String,
+    /// Server time of the latest update, unix ms.
+    pub updated_at: i64,
+    /// Seq of the latest update.
+    pub last_seq: u64,
+    /// The merged document as JSON text.
+    pub json: String,
+}
+
+/// What one commit writes for one report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportWrite {
+    /// The new materialized row (its `last_seq`/`updated_at` are the commit's).
+    pub row: ReportRow,
+    /// Changes accepted now (hash, raw bytes), in causal order: appended to the tail.
+    pub changes: Vec<([u8; 32], Vec<u8>)>,
+    /// When set, the new compacted snapshot: it replaces the snapshot and empties the tail (the
+    /// changes above are already inside it).
+    pub snapshot: Option<Vec<u8>>,
+    /// The report's receipts after this update.
+    pub receipts: Vec<Receipt>,
+}
+
+/// One atomic write: everything one ingest (a sync request, a coordinator edit, the village
+/// profiles at first start) changes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Commit {
+    /// The seq of this update: the previous [`Store::last_seq`] + 1. Unused (may be anything)
+    /// when `writes` is empty.
+    pub seq: u64,
+    /// Server clock, unix ms.
+    pub received_at: i64,
+    /// Reports whose state changed.
+    pub writes: Vec<ReportWrite>,
+    /// The full set of held changes for each report whose held set changed (empty: none held).
+    pub held: Vec<(ReportId, Vec<Vec<u8>>)>,
+}
+
+/// One report of a feed page.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedRow {
+    /// The report.
+    pub id: ReportId,
+    /// Seq of its latest update.
+    pub last_seq: u64,
+}
+
+/// A coordinator query. Results are ordered by (last_seq, id); `after` continues a previous page.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReportQuery {
+    /// Only this village.
+    pub village: Option<VillageCode>,
+    /// Only villages of this district.
+    pub district: Option<DistrictCode>,
+    /// Only this kind.
+    pub kind: Option<ReportKind>,
+    /// Only this status.
+    pub status: Option<String>,
+    /// Only reports the server updated after this time (unix ms).
+    pub updated_since: Option<i64>,
+    /// Continue after this (last_seq, id).
+    pub after: Option<(u64, ReportId)>,
+    /// At most this many rows.
+    pub limit: usize,
+}
+
+/// When the server received one change of a report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeReceipt {
+    /// The change.
+    pub hash: [u8; 32],
+    /// Seq of the update that brought it.
+    pub seq: u64,
+    /// Server clock, unix ms.
+    pub received_at: i64,
+}
+
+/// Reports per village and kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VillageCount {
+    /// Village.
+    pub village: VillageCode,
+    /// Kind.
+    pub kind: ReportKind,
+    /// Number of reports.
+    pub count: u64,
+}
+
+/// What the server keeps. Every method is atomic on its own; [`Store::commit`] is the only write.
+pub trait Store: Send + Sync + 'static {
+    /// The stored state of a report: snapshot, tail, receipts and held changes. `None` when the
+    /// server has nothing of it (not even held changes).
+    fn load(&self, id: &ReportId) -> Result<Option<StoredDoc>, StoreError>;
+
+    /// The highest seq committed so far (0 for an empty store).
+    fn last_seq(&self) -> Result<u64, StoreError>;
+
+    /// Write one commit atomically and durably: when this returns `Ok`, every part of it — changes,
+    /// rows, receipts, held sets, seq — survives a crash or power loss; when it returns `Err` (or
+    /// the process dies during it), none of it is visible. Refuses a commit with writes whose seq is
+    /// not `last_seq() + 1`.
+    fn commit(&self, commit: &Commit) -> Result<(), StoreError>;
+
+    /// Reports of `village` updated after `position` — `last_seq > position.since` and, if the
+    /// position has a mark, `(last_seq, id) > mark` — ordered by `(last_seq, id)`, at most `limit`.
+    fn feed(
+        &self,
+        village: VillageCode,
+        position: &Position,
+        limit: usize,
+    ) -> Result<Vec<FeedRow>, StoreError>;
+
+    /// The materialized row of a report.
+    fn row(&self, id: &ReportId) -> Result<Option<ReportRow>, StoreError>;
+
+    /// Rows matching a coordinator query, ordered by `(last_seq, id)`, at most `query.limit`.
+    fn query(&self, query: &ReportQuery) -> Result<Vec<ReportRow>, StoreError>;
+
+    /// When each change of a report was received, in seq order.
+    fn change_receipts(&self, id: &ReportId) -> Result<Vec<ChangeReceipt>, StoreError>;
+
+    /// Number of reports per village and kind (villages without reports are absent).
+    fn village_counts(&self) -> Result<Vec<VillageCount>, StoreError>;
+}
+
+/// Compact a report's tail into a new snapshot once it holds this many changes: loading then
+/// costs one snapshot parse instead of replaying many small changes, and the tail stays short.
+pub const COMPACT_AFTER: usize = 32;
+
+pub(crate) fn seq_check(last: u64, commit: &Commit) -> Result<(), StoreError> {
+    if !commit.writes.is_empty() && commit.seq != last + 1 {
+        return Err(StoreError::Sequence {
+            last,
+            given: commit.seq,
+        });
+    }
+    Ok(())
+}
+
+/// Encode receipts for storage.
+pub(crate) fn encode_receipts(receipts: &[Receipt]) -> Result<Vec<u8>, StoreError> {
+    postcard::to_allocvec(receipts)
+        .map_err(|e| StoreError::Database(format!("encoding receipts: {e}")))
+}
+
+/// Decode stored receipts.
+pub(crate) fn decode_receipts(id: &ReportId, bytes: &[u8]) -> Result<Vec<Receipt>, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt {
+        what: format!("receipts of {id}"),
+        detail: e.to_string(),
+    })
+}

@@ -1,0 +1,483 @@
+//! The embedded default store: one SQLite file in WAL mode.
+//!
+//! ## Why each write is crash-safe
+//! * Every [`Store::commit`] is one SQLite transaction (`BEGIN IMMEDIATE … COMMIT`). WAL mode with
+//!   `synchronous=FULL` fsyncs the WAL at each commit, so a commit that returned is on disk, and a
+//!   commit interrupted by a crash or power loss is rolled back when the database is next opened:
+//!   the changes, the materialized row, the receipts, the held set and the seq of an ingest appear
+//!   together or not at all.
+//! * The seq is not a separate counter: it is `max(last_seq)` over the rows, so it cannot drift
+//!   from the data it numbers.
+//! * Compaction (a new snapshot) happens inside the same transaction as the changes it absorbs: the
+//!   snapshot replaces the old one and the absorbed changes lose their bytes (their receipts stay,
+//!   for history) atomically.
+//! * Inserting a change already stored is ignored, so replaying a commit cannot duplicate anything.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use sync_core::protocol::Position;
+use sync_core::{ReportId, ReportKind, VillageCode};
+
+use super::{
+    decode_receipts, encode_receipts, seq_check, ChangeReceipt, Commit, FeedRow, ReportQuery,
+    ReportRow, Store, StoreError, StoredDoc, VillageCount,
+};
+
+/// Schema version (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = r#"
+CREATE TABLE reports (
+    id          BLOB PRIMARY KEY,
+    kind        TEXT NOT NULL,
+    village     INTEGER NOT NULL,
+    district    INTEGER NOT NULL,
+    status      TEXT,
+    title       TEXT,
+    created_at  TEXT NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    last_seq    INTEGER NOT NULL,
+    json        TEXT NOT NULL,
+    snapshot    BLOB NOT NULL,
+    receipts    BLOB NOT NULL
+);
+CREATE INDEX reports_seq ON reports (last_seq, id);
+CREATE INDEX reports_village ON reports (village, last_seq, id);
+CREATE INDEX reports_village_status ON reports (village, status, last_seq, id);
+CREATE INDEX reports_district ON reports (district, last_seq, id);
+CREATE INDEX reports_status ON reports (status, last_seq, id);
+CREATE INDEX reports_kind ON reports (kind, last_seq, id);
+CREATE INDEX reports_updated ON reports (updated_at);
+
+-- Every accepted change: when it was received, and its bytes until a snapshot absorbs it.
+CREATE TABLE changes (
+    report      BLOB NOT NULL,
+    hash        BLOB NOT NULL,
+    seq         INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    bytes       BLOB,
+    PRIMARY KEY (report, hash)
+);
+CREATE INDEX changes_tail ON changes (report) WHERE bytes IS NOT NULL;
+
+-- Changes waiting for dependencies.
+CREATE TABLE held (
+    report      BLOB NOT NULL,
+    n           INTEGER NOT NULL,
+    bytes       BLOB NOT NULL,
+    PRIMARY KEY (report, n)
+);
+"#;
+
+/// The SQLite store: one writer connection, a small pool of reader connections (WAL lets readers
+/// proceed while a commit is under way).
+pub struct SqliteStore {
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    path: std::path::PathBuf,
+}
+
+fn open(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: a commit is fsynced before it returns — an acknowledged change survives power loss.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) the database at `path` and bring its schema up to date.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let mut conn = open(path)?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        match version {
+            0 => {
+                let tx = conn.transaction()?;
+                tx.execute_batch(SCHEMA)?;
+                tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+                tx.commit()?;
+            }
+            SCHEMA_VERSION => {}
+            other => {
+                return Err(StoreError::Database(format!(
+                    "database schema version {other} is newer than this server ({SCHEMA_VERSION})"
+                )))
+            }
+        }
+        Ok(SqliteStore {
+            writer: Mutex::new(conn),
+            readers: Mutex::new(Vec::new()),
+            path: path.to_owned(),
+        })
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let pooled = self.readers.lock().map_err(poisoned)?.pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => open(&self.path)?,
+        };
+        let result = f(&conn);
+        let mut pool = self.readers.lock().map_err(poisoned)?;
+        if pool.len() < 8 {
+            pool.push(conn);
+        }
+        result
+    }
+}
+
+fn poisoned<T>(_: std::sync::PoisonError<T>) -> StoreError {
+    StoreError::Database("a database connection lock was poisoned by a panic".into())
+}
+
+fn report_id(bytes: Vec<u8>) -> Result<ReportId, StoreError> {
+    let arr: [u8; 16] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| StoreError::Corrupt {
+            what: "report id".into(),
+            detail: format!("{} bytes", bytes.len()),
+        })?;
+    Ok(ReportId::from_random(arr))
+}
+
+const ROW_COLUMNS: &str =
+    "id, kind, village, status, title, created_at, updated_at, last_seq, json";
+
+/// A `reports` row as SQLite returns it, before checking.
+type RawRow = (
+    Vec<u8>,
+    String,
+    i64,
+    Option<String>,
+    Option<String>,
+    String,
+    i64,
+    i64,
+    String,
+);
+
+fn row_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+    ))
+}
+
+fn parse_row(raw: RawRow) -> Result<ReportRow, StoreError> {
+    let (id, kind, village, status, title, created_at, updated_at, last_seq, json) = raw;
+    let id = report_id(id)?;
+    let corrupt = |what: &str, detail: String| StoreError::Corrupt {
+        what: format!("{what} of {id}"),
+        detail,
+    };
+    Ok(ReportRow {
+        id,
+        kind: kind
+            .parse::<ReportKind>()
+            .map_err(|e| corrupt("kind", e.to_string()))?,
+        village: VillageCode::from_u64(village as u64)
+            .map_err(|e| corrupt("village", e.to_string()))?,
+        status,
+        title,
+        created_at,
+        updated_at,
+        last_seq: last_seq as u64,
+        json,
+    })
+}
+
+impl Store for SqliteStore {
+    fn load(&self, id: &ReportId) -> Result<Option<StoredDoc>, StoreError> {
+        self.read(|conn| {
+            let key = &id.as_bytes()[..];
+            let head: Option<(Vec<u8>, Vec<u8>, i64)> = conn
+                .query_row(
+                    "SELECT snapshot, receipts, last_seq FROM reports WHERE id = ?1",
+                    [key],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            let mut stmt =
+                conn.prepare_cached("SELECT bytes FROM held WHERE report = ?1 ORDER BY n")?;
+            let held = stmt
+                .query_map([key], |r| r.get::<_, Vec<u8>>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            let Some((snapshot, receipts, last_seq)) = head else {
+                return Ok((!held.is_empty()).then(|| StoredDoc {
+                    held,
+                    ..StoredDoc::default()
+                }));
+            };
+            let mut stmt = conn.prepare_cached(
+                "SELECT bytes FROM changes WHERE report = ?1 AND bytes IS NOT NULL ORDER BY rowid",
+            )?;
+            let tail = stmt
+                .query_map([key], |r| r.get::<_, Vec<u8>>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Some(StoredDoc {
+                snapshot,
+                tail,
+                receipts: decode_receipts(id, &receipts)?,
+                held,
+                last_seq: last_seq as u64,
+            }))
+        })
+    }
+
+    fn last_seq(&self) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            let seq: Option<i64> =
+                conn.query_row("SELECT max(last_seq) FROM reports", [], |r| r.get(0))?;
+            Ok(seq.unwrap_or(0) as u64)
+        })
+    }
+
+    fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
+        let mut conn = self.writer.lock().map_err(poisoned)?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let last: Option<i64> =
+            tx.query_row("SELECT max(last_seq) FROM reports", [], |r| r.get(0))?;
+        seq_check(last.unwrap_or(0) as u64, commit)?;
+        for write in &commit.writes {
+            let row = &write.row;
+            let key = &row.id.as_bytes()[..];
+            for (hash, bytes) in &write.changes {
+                tx.prepare_cached(
+                    "INSERT OR IGNORE INTO changes (report, hash, seq, received_at, bytes) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![key, &hash[..], commit.seq as i64, commit.received_at, bytes])?;
+            }
+            let existing: Option<Vec<u8>> = tx
+                .query_row("SELECT snapshot FROM reports WHERE id = ?1", [key], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            let snapshot = match (&write.snapshot, existing) {
+                (Some(s), _) => {
+                    // The new snapshot contains every change so far: drop their bytes, keep receipts.
+                    tx.prepare_cached(
+                        "UPDATE changes SET bytes = NULL WHERE report = ?1 AND bytes IS NOT NULL",
+                    )?
+                    .execute([key])?;
+                    s.clone()
+                }
+                (None, Some(old)) => old,
+                (None, None) => Vec::new(),
+            };
+            tx.prepare_cached(
+                "INSERT INTO reports (id, kind, village, district, status, title, created_at, updated_at, last_seq, json, snapshot, receipts)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                 ON CONFLICT (id) DO UPDATE SET status = excluded.status, title = excluded.title,
+                   updated_at = excluded.updated_at, last_seq = excluded.last_seq, json = excluded.json,
+                   snapshot = excluded.snapshot, receipts = excluded.receipts",
+            )?
+            .execute(params![
+                key,
+                row.kind.as_str(),
+                row.village.as_u64() as i64,
+                i64::from(row.village.district().as_u32()),
+                row.status,
+                row.title,
+                row.created_at,
+                commit.received_at,
+                commit.seq as i64,
+                row.json,
+                snapshot,
+                encode_receipts(&write.receipts)?,
+            ])?;
+        }
+        for (id, held) in &commit.held {
+            let key = &id.as_bytes()[..];
+            tx.prepare_cached("DELETE FROM held WHERE report = ?1")?
+                .execute([key])?;
+            for (n, bytes) in held.iter().enumerate() {
+                tx.prepare_cached("INSERT INTO held (report, n, bytes) VALUES (?1, ?2, ?3)")?
+                    .execute(params![key, n as i64, bytes])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn feed(
+        &self,
+        village: VillageCode,
+        position: &Position,
+        limit: usize,
+    ) -> Result<Vec<FeedRow>, StoreError> {
+        self.read(|conn| {
+            let village = village.as_u64() as i64;
+            let since = position.since as i64;
+            let mut rows = Vec::new();
+            let mut push = |r: &rusqlite::Row<'_>| -> rusqlite::Result<()> {
+                rows.push((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?));
+                Ok(())
+            };
+            match position.after {
+                None => {
+                    let mut stmt = conn.prepare_cached(
+                        "SELECT id, last_seq FROM reports WHERE village = ?1 AND last_seq > ?2
+                         ORDER BY last_seq, id LIMIT ?3",
+                    )?;
+                    let mut q = stmt.query(params![village, since, limit as i64])?;
+                    while let Some(r) = q.next()? {
+                        push(r)?;
+                    }
+                }
+                Some(mark) => {
+                    let mut stmt = conn.prepare_cached(
+                        "SELECT id, last_seq FROM reports WHERE village = ?1 AND last_seq > ?2
+                         AND (last_seq, id) > (?3, ?4) ORDER BY last_seq, id LIMIT ?5",
+                    )?;
+                    let mut q = stmt.query(params![
+                        village,
+                        since,
+                        mark.seq as i64,
+                        &mark.report.as_bytes()[..],
+                        limit as i64
+                    ])?;
+                    while let Some(r) = q.next()? {
+                        push(r)?;
+                    }
+                }
+            }
+            rows.into_iter()
+                .map(|(id, seq)| {
+                    Ok(FeedRow {
+                        id: report_id(id)?,
+                        last_seq: seq as u64,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn row(&self, id: &ReportId) -> Result<Option<ReportRow>, StoreError> {
+        self.read(|conn| {
+            let raw = conn
+                .query_row(
+                    &format!("SELECT {ROW_COLUMNS} FROM reports WHERE id = ?1"),
+                    [&id.as_bytes()[..]],
+                    row_from,
+                )
+                .optional()?;
+            raw.map(parse_row).transpose()
+        })
+    }
+
+    fn query(&self, query: &ReportQuery) -> Result<Vec<ReportRow>, StoreError> {
+        let mut sql = format!("SELECT {ROW_COLUMNS} FROM reports WHERE 1 = 1");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        let mut arg = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
+            args.push(v);
+            sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+        };
+        if let Some(v) = query.village {
+            arg(&mut sql, " AND village = ?", (v.as_u64() as i64).into());
+        }
+        if let Some(d) = query.district {
+            arg(&mut sql, " AND district = ?", i64::from(d.as_u32()).into());
+        }
+        if let Some(k) = query.kind {
+            arg(&mut sql, " AND kind = ?", k.as_str().to_owned().into());
+        }
+        if let Some(s) = &query.status {
+            arg(&mut sql, " AND status = ?", s.clone().into());
+        }
+        if let Some(t) = query.updated_since {
+            arg(&mut sql, " AND updated_at > ?", t.into());
+        }
+        if let Some((seq, id)) = query.after {
+            arg(&mut sql, " AND (last_seq > ?", (seq as i64).into());
+            arg(&mut sql, " OR (last_seq = ?", (seq as i64).into());
+            arg(&mut sql, " AND id > ?))", id.as_bytes().to_vec().into());
+        }
+        arg(
+            &mut sql,
+            " ORDER BY last_seq, id LIMIT ?",
+            (query.limit as i64).into(),
+        );
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let raws = stmt
+                .query_map(rusqlite::params_from_iter(args.iter()), row_from)?
+                .collect::<Result<Vec<_>, _>>()?;
+            raws.into_iter().map(parse_row).collect()
+        })
+    }
+
+    fn change_receipts(&self, id: &ReportId) -> Result<Vec<ChangeReceipt>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT hash, seq, received_at FROM changes WHERE report = ?1 ORDER BY seq, rowid",
+            )?;
+            let raws = stmt
+                .query_map([&id.as_bytes()[..]], |r| {
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            raws.into_iter()
+                .map(|(hash, seq, received_at)| {
+                    let hash: [u8; 32] =
+                        hash.as_slice()
+                            .try_into()
+                            .map_err(|_| StoreError::Corrupt {
+                                what: format!("change hash of {id}"),
+                                detail: format!("{} bytes", hash.len()),
+                            })?;
+                    Ok(ChangeReceipt {
+                        hash,
+                        seq: seq as u64,
+                        received_at,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn village_counts(&self) -> Result<Vec<VillageCount>, StoreError> {
+        self.read(|conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT village, kind, count(*) FROM reports GROUP BY village, kind ORDER BY village, kind")?;
+            let raws = stmt
+                .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            raws.into_iter()
+                .map(|(village, kind, count)| {
+                    let corrupt = |detail: String| StoreError::Corrupt {
+                        what: "village counts".into(),
+                        detail,
+                    };
+                    Ok(VillageCount {
+                        village: VillageCode::from_u64(village as u64).map_err(|e| corrupt(e.to_string()))?,
+                        kind: kind.parse().map_err(|e: sync_core::kind::UnknownKind| corrupt(e.to_string()))?,
+                        count: count as u64,
+                    })
+                })
+                .collect()
+        })
+    }
+}

@@ -1,0 +1,168 @@
+//! What coordinators read: report rows for lists, and the full view of one report — merged document,
+//! conflicts at any depth, heads, and its history (which device changed which fields, the device's
+//! time and the server's receipt time).
+
+use std::collections::{BTreeSet, HashMap};
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use sync_core::automerge::{Automerge, PatchAction, Prop};
+use sync_core::view::Conflict;
+use sync_core::{DeviceId, ReportId};
+
+use crate::store::{ChangeReceipt, ReportRow};
+
+/// RFC 3339 (UTC, milliseconds) of a unix-ms time.
+pub fn rfc3339_ms(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// A report in a list.
+#[derive(Serialize)]
+pub struct ReportItem<'a> {
+    id: String,
+    url: String,
+    kind: &'static str,
+    village: String,
+    village_name: &'static str,
+    district: String,
+    status: Option<&'a str>,
+    title: Option<&'a str>,
+    created_at: &'a str,
+    updated_at: String,
+    seq: u64,
+    document: &'a RawValue,
+}
+
+impl<'a> ReportItem<'a> {
+    /// From a stored row; `document` is the row's JSON, not re-parsed.
+    pub fn new(row: &'a ReportRow, document: &'a RawValue) -> Self {
+        let village = row.village.village();
+        ReportItem {
+            id: row.id.to_string(),
+            url: row.id.url(),
+            kind: row.kind.as_str(),
+            village: row.village.to_string(),
+            village_name: &village.name,
+            district: village.district.to_string(),
+            status: row.status.as_deref(),
+            title: row.title.as_deref(),
+            created_at: &row.created_at,
+            updated_at: rfc3339_ms(row.updated_at),
+            seq: row.last_seq,
+            document,
+        }
+    }
+}
+
+/// One change in a report's history.
+#[derive(Serialize, Debug, PartialEq)]
+pub struct HistoryEntry {
+    /// Change hash (hex).
+    pub change: String,
+    /// The device that wrote it, if its actor follows the device convention.
+    pub device: Option<DeviceId>,
+    /// The automerge actor (hex).
+    pub actor: String,
+    /// The writer's clock (change timestamp, seconds), RFC 3339.
+    pub device_time: String,
+    /// When the server received it (absent for changes that came inside a snapshot).
+    pub received_at: Option<String>,
+    /// The seq of the update that brought it.
+    pub seq: Option<u64>,
+    /// Dotted paths of the fields it changed.
+    pub fields: Vec<String>,
+}
+
+/// The full view of one report.
+#[derive(Serialize)]
+pub struct ReportView<'a> {
+    #[serde(flatten)]
+    item: ReportItem<'a>,
+    heads: Vec<String>,
+    conflicts: Vec<Conflict>,
+    history: Vec<HistoryEntry>,
+}
+
+impl<'a> ReportView<'a> {
+    /// Build the view.
+    pub fn new(
+        row: &'a ReportRow,
+        document: &'a RawValue,
+        doc: &Automerge,
+        receipts: &[ChangeReceipt],
+    ) -> Self {
+        ReportView {
+            item: ReportItem::new(row, document),
+            heads: doc.get_heads().iter().map(|h| h.to_string()).collect(),
+            conflicts: sync_core::view::conflicts(doc),
+            history: history(doc, receipts),
+        }
+    }
+}
+
+/// The history of a document: every change, oldest first, with the fields it touched.
+pub fn history(doc: &Automerge, receipts: &[ChangeReceipt]) -> Vec<HistoryEntry> {
+    let received: HashMap<[u8; 32], &ChangeReceipt> =
+        receipts.iter().map(|r| (r.hash, r)).collect();
+    doc.get_changes(&[])
+        .iter()
+        .map(|change| {
+            let hash = change.hash();
+            let receipt = received.get(&hash.0);
+            let actor = change.actor_id();
+            HistoryEntry {
+                change: hash.to_string(),
+                device: DeviceId::from_actor(actor).map(|(d, _)| d),
+                actor: actor.to_hex_string(),
+                device_time: rfc3339_ms(change.timestamp().saturating_mul(1000)),
+                received_at: receipt.map(|r| rfc3339_ms(r.received_at)),
+                seq: receipt.map(|r| r.seq),
+                fields: fields_touched(doc, change.deps(), hash),
+            }
+        })
+        .collect()
+}
+
+fn fields_touched(
+    doc: &Automerge,
+    deps: &[sync_core::automerge::ChangeHash],
+    hash: sync_core::automerge::ChangeHash,
+) -> Vec<String> {
+    let mut fields = BTreeSet::new();
+    for patch in doc.diff(deps, &[hash]) {
+        let mut path: Vec<String> = patch.path.iter().map(|(_, p)| prop_text(p)).collect();
+        match &patch.action {
+            PatchAction::PutMap { key, .. } | PatchAction::DeleteMap { key } => {
+                path.push(key.clone())
+            }
+            PatchAction::PutSeq { index, .. }
+            | PatchAction::Insert { index, .. }
+            | PatchAction::DeleteSeq { index, .. } => path.push(index.to_string()),
+            PatchAction::Increment { prop, .. } | PatchAction::Conflict { prop } => {
+                path.push(prop_text(prop))
+            }
+            PatchAction::SpliceText { .. } | PatchAction::Mark { .. } => {}
+        }
+        // Report the field and its item, not every nested key of a new item.
+        path.truncate(2);
+        if !path.is_empty() {
+            fields.insert(path.join("."));
+        }
+    }
+    fields.into_iter().collect()
+}
+
+fn prop_text(p: &Prop) -> String {
+    match p {
+        Prop::Map(k) => k.clone(),
+        Prop::Seq(i) => i.to_string(),
+    }
+}
+
+/// A report id from a path segment: the bare id or its `automerge:` URL.
+pub fn parse_id(text: &str) -> Result<ReportId, crate::error::ApiError> {
+    text.parse()
+        .map_err(|e: sync_core::IdError| crate::error::ApiError::NotFound(e.to_string()))
+}
