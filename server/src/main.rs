@@ -13,6 +13,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     match cli.command {
@@ -23,6 +24,8 @@ fn main() -> ExitCode {
 fn serve(settings: &desa_server::config::Settings) -> ExitCode {
     let result = actix_web::rt::System::new().block_on(async {
         let app = Application::build(settings).map_err(|e| e.to_string())?;
+        // One line on stdout once the port is bound, for scripts and tests that start us on port 0.
+        println!("listening on http://{}:{}", settings.bind.ip(), app.port());
         app.run_until_stopped().await.map_err(|e| e.to_string())
     });
     match result {

@@ -97,7 +97,7 @@ pub(crate) fn apply<T: Transactable>(tx: &mut T, edit: &Edit) -> Result<(), Edit
         Edit::Append { list, item } => {
             let obj = resolve_object(tx, list, ObjType::List)?;
             let index = tx.length(&obj);
-            insert_value(tx, &obj, index, item, list)
+            write_value(tx, &obj, Slot::Insert(index), item, list)
         }
         Edit::AppendText { field, text } => {
             let obj = resolve_object(tx, field, ObjType::Text)?;
@@ -135,68 +135,51 @@ fn set<T: Transactable>(tx: &mut T, path: &FieldPath, value: &Value) -> Result<(
             path: path.to_string(),
             problem: "is a list: add items to it instead of replacing it".into(),
         }),
-        _ => put_value(tx, &parent, last.prop(), value, path),
+        _ => write_value(tx, &parent, Slot::Put(last.prop()), value, path),
     }
 }
 
-/// Put a JSON value under a map key or list index, creating nested objects as needed.
-fn put_value<T: Transactable>(
+/// Where a value goes: over a map key or list index (`Put`), or as a new list element (`Insert`).
+enum Slot {
+    Put(automerge::Prop),
+    Insert(usize),
+}
+
+/// Write a JSON value into a slot, creating nested objects as needed.
+fn write_value<T: Transactable>(
     tx: &mut T,
     obj: &ObjId,
-    prop: automerge::Prop,
+    slot: Slot,
     value: &Value,
     path: &FieldPath,
 ) -> Result<(), EditError> {
-    match value {
-        Value::Object(entries) => {
-            let child = tx
-                .put_object(obj, prop, ObjType::Map)
-                .map_err(am_err(path))?;
-            fill_map(tx, &child, entries, path)
+    let container = match value {
+        Value::Object(_) => Some(ObjType::Map),
+        Value::Array(_) => Some(ObjType::List),
+        _ => None,
+    };
+    let Some(t) = container else {
+        let s = to_scalar(value, path)?;
+        return match slot {
+            Slot::Put(prop) => tx.put(obj, prop, s),
+            Slot::Insert(index) => tx.insert(obj, index, s),
         }
-        Value::Array(items) => {
-            let child = tx
-                .put_object(obj, prop, ObjType::List)
-                .map_err(am_err(path))?;
-            for (i, item) in items.iter().enumerate() {
-                insert_value(tx, &child, i, item, path)?;
-            }
-            Ok(())
-        }
-        scalar => {
-            let s = to_scalar(scalar, path)?;
-            tx.put(obj, prop, s).map_err(am_err(path))
-        }
+        .map_err(am_err(path));
+    };
+    let child = match slot {
+        Slot::Put(prop) => tx.put_object(obj, prop, t),
+        Slot::Insert(index) => tx.insert_object(obj, index, t),
     }
-}
-
-fn insert_value<T: Transactable>(
-    tx: &mut T,
-    list: &ObjId,
-    index: usize,
-    value: &Value,
-    path: &FieldPath,
-) -> Result<(), EditError> {
+    .map_err(am_err(path))?;
     match value {
-        Value::Object(entries) => {
-            let child = tx
-                .insert_object(list, index, ObjType::Map)
-                .map_err(am_err(path))?;
-            fill_map(tx, &child, entries, path)
-        }
+        Value::Object(entries) => fill_map(tx, &child, entries, path),
         Value::Array(items) => {
-            let child = tx
-                .insert_object(list, index, ObjType::List)
-                .map_err(am_err(path))?;
             for (i, item) in items.iter().enumerate() {
-                insert_value(tx, &child, i, item, path)?;
+                write_value(tx, &child, Slot::Insert(i), item, path)?;
             }
             Ok(())
         }
-        scalar => {
-            let s = to_scalar(scalar, path)?;
-            tx.insert(list, index, s).map_err(am_err(path))
-        }
+        _ => Ok(()),
     }
 }
 
@@ -207,13 +190,8 @@ fn fill_map<T: Transactable>(
     path: &FieldPath,
 ) -> Result<(), EditError> {
     for (key, v) in entries {
-        put_value(
-            tx,
-            obj,
-            key.as_str().into(),
-            v,
-            &path.child(Segment::Key(key.clone())),
-        )?;
+        let child = path.child(Segment::Key(key.clone()));
+        write_value(tx, obj, Slot::Put(key.as_str().into()), v, &child)?;
     }
     Ok(())
 }

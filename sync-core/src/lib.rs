@@ -23,6 +23,8 @@
 //! Validation is of the merged state: schema ([`schema`], files in `schemas/`) plus the rules above.
 
 pub mod edit;
+#[doc(hidden)]
+pub mod fuzzing;
 mod ids;
 pub mod kind;
 pub mod path;

@@ -1,0 +1,388 @@
+//! `desa-bench`: the figures in docs/benchmarks.md, measured against the real `desa-server`
+//! binary (start it from a release build: `cargo build --release --bins && target/release/desa-bench`).
+//!
+//! Byte figures count HTTP request and response lines, headers and bodies (no TLS).
+
+mod http;
+
+use std::time::{Duration, Instant};
+
+use desa_tests::Server;
+use http::{Conn, Traffic};
+use serde_json::json;
+use sync_core::protocol::{Bytes, SyncRequest, Upload};
+use sync_core::sim::MemoryDevice;
+use sync_core::{
+    DeviceId, Edit, FieldPath, NewReport, Report, ReportId, ReportKind, Role, VillageCode, Writer,
+};
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("desa-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn path(p: &str) -> FieldPath {
+    p.parse().unwrap_or_else(|_| FieldPath::root(p))
+}
+
+fn set(p: &str, v: serde_json::Value) -> Edit {
+    Edit::Set {
+        path: path(p),
+        value: v,
+    }
+}
+
+/// A realistic incident: fields, a 500-character narrative, two people.
+fn incident_fields(n: usize) -> Vec<Edit> {
+    vec![
+        set("category", json!("recruitment_offer")),
+        set(
+            "title",
+            json!(format!("Recruiter offering plantation work, case {n}")),
+        ),
+        set("risk", json!("medium")),
+        set("occurred_on", json!("2026-11-20")),
+        set(
+            "location",
+            json!({"lat": -3.25, "lon": 116.21, "place": "old jetty"}),
+        ),
+        Edit::Append {
+            list: path("people"),
+            item: json!({"role": "suspect", "name": "Pak Udin", "sex": "male", "age": 45}),
+        },
+        Edit::Append {
+            list: path("people"),
+            item: json!({"role": "potential_victim", "sex": "female", "age": 19}),
+        },
+        Edit::AppendText {
+            field: path("narrative"),
+            text:
+                "A man from outside the village offered young women work on a plantation in Sabah. "
+                    .repeat(6),
+        },
+    ]
+}
+
+fn note(i: usize) -> Edit {
+    Edit::Append {
+        list: path("notes"),
+        item: json!({"id": format!("n{i}"), "author": "bench", "at": "2026-11-28T09:00:00Z", "text": format!("follow-up visit {i}: family says he came back")}),
+    }
+}
+
+/// Sync a device over `conn` until no more pages.
+fn sync(d: &mut MemoryDevice, conn: &mut Conn) -> Res<Traffic> {
+    let mut total = Traffic::default();
+    loop {
+        let (status, body, t) = conn.request(
+            "POST",
+            "/api/v1/sync",
+            Some("application/octet-stream"),
+            &d.request(),
+        )?;
+        total += t;
+        if status != 200 {
+            return Err(
+                format!("sync answered {status}: {}", String::from_utf8_lossy(&body)).into(),
+            );
+        }
+        if !d.handle_response(&body).map_err(|e| e.to_string())? {
+            return Ok(total);
+        }
+    }
+}
+
+fn kib(b: usize) -> String {
+    format!("{:.1} KiB", b as f64 / 1024.0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// (utime + stime) of a process, seconds; peak and current RSS, MiB.
+fn process_usage(pid: u32) -> (f64, f64, f64) {
+    let ticks = 100.0; // USER_HZ on Linux
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let cpu = fields
+        .get(11)
+        .and_then(|u| u.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (cpu / ticks, kb("VmHWM:") / 1024.0, kb("VmRSS:") / 1024.0)
+}
+
+fn run() -> Res<()> {
+    let villages: Vec<VillageCode> = sync_core::all_villages().map(|v| v.code).collect();
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path(), &[]);
+    let port: u16 = server
+        .url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .ok_or("server url")?;
+    let mut conn = Conn::open(port)?;
+    println!("desa-bench against {} (pid {})\n", server.url, server.pid());
+
+    // 1. A village of 1,000 reports; a new device joins it.
+    let big = villages[0];
+    let mut author = MemoryDevice::new(DeviceId::new_random(), big);
+    let mut ids = Vec::new();
+    for n in 0..1000 {
+        let id = author
+            .create(ReportKind::Incident, &incident_fields(n))
+            .map_err(|e| e.to_string())?;
+        author.edit(id, &[note(n)]).map_err(|e| e.to_string())?;
+        ids.push(id);
+    }
+    sync(&mut author, &mut conn)?;
+    let compacted: usize = author
+        .report_ids()
+        .iter()
+        .filter_map(|id| author.report(id))
+        .map(|r| r.save().len())
+        .sum();
+    let mut joiner = MemoryDevice::new(DeviceId::new_random(), big);
+    let started = Instant::now();
+    let join = sync(&mut joiner, &mut conn)?;
+    let join_time = started.elapsed();
+    println!("new device joins a village of 1,000 reports (+ its profile):");
+    println!("  {} round trips, {} down, {} up; compacted documents {} → {:.3}× (target ≤ 1.1×, ≤ 4 round trips); {:.0} ms",
+        join.trips, kib(join.down), kib(join.up), kib(compacted), join.total() as f64 / compacted as f64, join_time.as_secs_f64() * 1000.0);
+
+    // 2. No-op sync.
+    let noop = sync(&mut joiner, &mut conn)?;
+    println!("no-op sync, village of 1,000 reports: {} round trip, {} bytes (up {}, down {}) (target 1 round trip, ≤ 1 KiB)", noop.trips, noop.total(), noop.up, noop.down);
+
+    // 3. k changed reports.
+    for k in [1usize, 10, 100] {
+        for (i, id) in ids.iter().take(k).enumerate() {
+            author
+                .edit(
+                    *id,
+                    &[
+                        note(10_000 + i),
+                        set("risk", json!(if i % 2 == 0 { "high" } else { "urgent" })),
+                    ],
+                )
+                .map_err(|e| e.to_string())?;
+        }
+        let raw = outbox_bytes(&author);
+        let push = sync(&mut author, &mut conn)?;
+        let pull = sync(&mut joiner, &mut conn)?;
+        println!("{k} changed reports: raw changes {} B; push {} B = {:.2}× raw, pull {} B = {:.2}× raw (target ≤ 1.2× raw + 1 KiB: {} B)",
+            raw, push.total(), push.total() as f64 / raw as f64, pull.total(), pull.total() as f64 / raw as f64, raw * 12 / 10 + 1024);
+    }
+
+    // 4. Durable ingest: 100 devices × 50 edits over 1,000 reports in 10 villages, syncs of 10 edits.
+    println!();
+    let mut devices: Vec<MemoryDevice> = Vec::new();
+    for v in &villages[1..11] {
+        let mut seed = MemoryDevice::new(DeviceId::new_random(), *v);
+        for n in 0..100 {
+            seed.create(ReportKind::Incident, &incident_fields(n))
+                .map_err(|e| e.to_string())?;
+        }
+        sync(&mut seed, &mut conn)?;
+        for _ in 0..10 {
+            let mut d = MemoryDevice::new(DeviceId::new_random(), *v);
+            sync(&mut d, &mut conn)?;
+            devices.push(d);
+        }
+    }
+    let (cpu_before, _, _) = process_usage(server.pid());
+    let mut in_requests = Duration::ZERO;
+    let mut edits = 0usize;
+    let mut ingest_traffic = Traffic::default();
+    let mut rng = 0x2545F4914F6CDD1Du64;
+    for round in 0..5 {
+        for d in devices.iter_mut() {
+            let ids = d.report_ids();
+            for e in 0..10 {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let id = ids[(rng as usize) % ids.len()];
+                let edit = match e % 3 {
+                    0 => note(round * 10 + e),
+                    1 => set(
+                        "risk",
+                        json!(["low", "medium", "high", "urgent"][(rng >> 20) as usize % 4]),
+                    ),
+                    _ => set("location.place", json!(format!("landing {}", rng % 97))),
+                };
+                if d.edit(id, &[edit]).map_err(|e| e.to_string())? {
+                    edits += 1;
+                }
+            }
+            let started = Instant::now();
+            ingest_traffic += sync(d, &mut conn)?;
+            in_requests += started.elapsed();
+        }
+    }
+    let (cpu_after, _, _) = process_usage(server.pid());
+    let server_cpu = cpu_after - cpu_before;
+    println!("durable ingest: {edits} edits in {} syncs: {:.0} edits/s of request time (target ≥ 5,000/s); server CPU {:.0} µs/edit; {:.1} ms per sync",
+        ingest_traffic.trips, edits as f64 / in_requests.as_secs_f64(), server_cpu * 1e6 / edits as f64, in_requests.as_secs_f64() * 1000.0 / ingest_traffic.trips as f64);
+
+    // 5. 100,000 stored reports: coordinator queries and memory.
+    let target = 100_000usize;
+    let stored_now = 1000 + 1000 + 341;
+    let writer_device = DeviceId::new_random();
+    let writer = Writer {
+        actor: writer_device.actor(0),
+        role: Role::Volunteer,
+        time: 1_764_316_800,
+    };
+    let started = Instant::now();
+    let mut batch: Vec<Upload> = Vec::new();
+    for n in 0..(target - stored_now) {
+        let village = villages[n % villages.len()];
+        let new = NewReport {
+            kind: ReportKind::Incident,
+            village,
+            created_at: "2026-11-28T08:00:00Z".into(),
+            created_by: writer_device.to_string(),
+        };
+        let (_, change) =
+            Report::create(ReportId::new_random(), &new, &incident_fields(n), &writer)
+                .map_err(|e| e.to_string())?;
+        batch.push(Upload {
+            report: ReportId::from_random(rand_id(n)),
+            changes: vec![Bytes(change.raw_bytes().to_vec())],
+        });
+        if batch.len() == 2000 {
+            upload(&mut conn, writer_device, std::mem::take(&mut batch))?;
+        }
+    }
+    upload(&mut conn, writer_device, batch)?;
+    println!(
+        "loaded {target} reports in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    // Coordinators review some: a mix of statuses in the queried villages.
+    let mut latencies = Vec::new();
+    for v in villages.iter().skip(20).take(20) {
+        let (_, body, _) = conn.request(
+            "GET",
+            &format!("/api/v1/reports?village={v}&limit=40"),
+            None,
+            &[],
+        )?;
+        let listed: serde_json::Value = serde_json::from_slice(&body)?;
+        for item in listed["items"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .step_by(3)
+        {
+            let id = item["id"].as_str().unwrap_or_default();
+            conn.request(
+                "PATCH",
+                &format!("/api/v1/reports/{id}"),
+                Some("application/json"),
+                br#"{"status":"under_review"}"#,
+            )?;
+        }
+        for status in ["new", "under_review"] {
+            for _ in 0..10 {
+                let started = Instant::now();
+                let (code, _, _) = conn.request(
+                    "GET",
+                    &format!("/api/v1/reports?village={v}&status={status}"),
+                    None,
+                    &[],
+                )?;
+                latencies.push(started.elapsed());
+                if code != 200 {
+                    return Err(format!("query answered {code}").into());
+                }
+            }
+        }
+    }
+    latencies.sort();
+    println!("coordinator query (one village, one status, default page) over {target} reports: p50 {:.1} ms, p95 {:.1} ms (target p50 ≤ 20 ms)",
+        percentile(&latencies, 0.5).as_secs_f64() * 1000.0, percentile(&latencies, 0.95).as_secs_f64() * 1000.0);
+    let mut newcomer = MemoryDevice::new(DeviceId::new_random(), villages[5]);
+    sync(&mut newcomer, &mut conn)?;
+    let (_, peak, rss) = process_usage(server.pid());
+    println!("server memory serving {target} reports: RSS {rss:.0} MiB, peak {peak:.0} MiB (target ≤ 200 MiB)");
+    let db_size: u64 = std::fs::read_dir(dir.path())?
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    println!("database on disk: {:.0} MiB", db_size as f64 / 1048576.0);
+    Ok(())
+}
+
+fn rand_id(n: usize) -> [u8; 16] {
+    let mut id = *ReportId::new_random().as_bytes();
+    id[..8].copy_from_slice(&(n as u64).to_be_bytes());
+    id
+}
+
+fn outbox_bytes(d: &MemoryDevice) -> usize {
+    let request = SyncRequest::decode(&d.request())
+        .map(|r| r.uploads)
+        .unwrap_or_default();
+    request
+        .iter()
+        .flat_map(|u| u.changes.iter())
+        .map(|c| c.0.len())
+        .sum()
+}
+
+fn upload(conn: &mut Conn, device: DeviceId, uploads: Vec<Upload>) -> Res<()> {
+    let request = SyncRequest {
+        device,
+        positions: vec![],
+        uploads,
+    };
+    let (status, body, _) = conn.request(
+        "POST",
+        "/api/v1/sync",
+        Some("application/octet-stream"),
+        &request.encode(),
+    )?;
+    if status != 200 {
+        return Err(format!(
+            "bulk upload answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        )
+        .into());
+    }
+    let answer = sync_core::protocol::SyncResponse::decode(&body)?;
+    let refused = answer
+        .verdicts
+        .iter()
+        .filter(|v| !matches!(v, sync_core::protocol::WireVerdict::Accepted))
+        .count();
+    if refused > 0 {
+        return Err(format!("{refused} bulk changes not accepted").into());
+    }
+    Ok(())
+}

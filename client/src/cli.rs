@@ -1,0 +1,198 @@
+//! The command line, as clap parses it. Values are parsed into domain types here ([`ReportId`],
+//! [`ReportKind`], [`Assignment`], [`FieldPath`]), so commands never see raw strings.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use sync_core::{FieldPath, ReportId, ReportKind};
+
+use crate::args::Assignment;
+use crate::error::CliError;
+
+/// desa: the field volunteer's tool. Works offline; `desa sync` exchanges with the server when
+/// there is a connection.
+#[derive(Debug, Parser)]
+#[command(name = "desa", version)]
+pub struct Cli {
+    /// The store file [default: $HOME/.desa/store.db].
+    #[arg(long, global = true, env = "DESA_STORE", value_name = "PATH")]
+    pub store: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create this device's store.
+    Init(InitArgs),
+    /// Create a report (incident, outreach, foreigner_report); prints its id on the last line.
+    New(NewArgs),
+    /// Change a report: all the given edits become one change, applied in this order: --set,
+    /// --remove, --add, --note, --append-narrative.
+    Edit(EditArgs),
+    /// Show a report: its fields, narrative, conflicts, and what is waiting to be sent.
+    Show(ShowArgs),
+    /// List every report on this device.
+    List(JsonFlag),
+    /// Send waiting changes to the server and receive what is new.
+    Sync,
+    /// What is waiting, when the last sync was, and every refusal.
+    Status(JsonFlag),
+}
+
+/// `desa init`.
+#[derive(Debug, Clone, Args)]
+pub struct InitArgs {
+    /// The server's base URL, e.g. http://192.168.1.10:8080.
+    #[arg(long, value_name = "URL")]
+    pub server: String,
+    /// The village this device reports in (10-digit code, e.g. 6302010001).
+    #[arg(long, value_name = "CODE")]
+    pub village: String,
+    /// Your name for this device: the author of its notes (at most 64 characters).
+    #[arg(long)]
+    pub name: String,
+}
+
+/// Field edits shared by `new` and `edit`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct FieldEdits {
+    /// Set a field: `title=Agent at harbour`, `location.lat=-3.25`. The value is JSON if it parses
+    /// as JSON, text otherwise (quote text that looks like JSON: `title="123"`).
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    pub set: Vec<Assignment>,
+    /// Append an item to a list: `people={"role":"witness","name":"Siti"}`.
+    #[arg(long = "add", value_name = "LIST=VALUE")]
+    pub add: Vec<Assignment>,
+    /// Add a note (signed with this device's name and the time).
+    #[arg(long, value_name = "TEXT")]
+    pub note: Option<String>,
+}
+
+/// `desa new`.
+#[derive(Debug, Clone, Args)]
+pub struct NewArgs {
+    /// incident, outreach or foreigner_report.
+    #[arg(value_name = "KIND")]
+    pub kind: ReportKind,
+    /// The fields.
+    #[command(flatten)]
+    pub fields: FieldEdits,
+    /// The first paragraph of the narrative.
+    #[arg(long, value_name = "TEXT")]
+    pub narrative: Option<String>,
+}
+
+/// `desa edit`.
+#[derive(Debug, Clone, Args)]
+pub struct EditArgs {
+    /// The report: its id or its automerge:ID URL.
+    #[arg(value_name = "ID")]
+    pub id: ReportId,
+    /// The fields.
+    #[command(flatten)]
+    pub fields: FieldEdits,
+    /// Remove an optional field or a list item: `risk`, `people.1`.
+    #[arg(long, value_name = "PATH")]
+    pub remove: Vec<FieldPath>,
+    /// Append a paragraph to the narrative.
+    #[arg(long, value_name = "TEXT")]
+    pub append_narrative: Option<String>,
+}
+
+/// `desa show`.
+#[derive(Debug, Clone, Args)]
+pub struct ShowArgs {
+    /// The report: its id or its automerge:ID URL.
+    #[arg(value_name = "ID")]
+    pub id: ReportId,
+    /// One JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--json` alone.
+#[derive(Debug, Clone, Args)]
+pub struct JsonFlag {
+    /// JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Cli {
+    /// The store path: `--store`, else `DESA_STORE` (both handled by clap), else
+    /// `$HOME/.desa/store.db`.
+    pub fn store_path(&self) -> Result<PathBuf, CliError> {
+        if let Some(path) = &self.store {
+            return Ok(path.clone());
+        }
+        std::env::var_os("HOME")
+            .filter(|home| !home.is_empty())
+            .map(|home| PathBuf::from(home).join(".desa").join("store.db"))
+            .ok_or(CliError::NoStorePath)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use serde_json::json;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("desa").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn ids_are_accepted_in_both_forms() {
+        let id = ReportId::from_random([3; 16]);
+        for text in [id.to_string(), id.url()] {
+            let cli = parse(&["show", &text]).unwrap();
+            let Command::Show(show) = cli.command else {
+                panic!("not show")
+            };
+            assert_eq!(show.id, id);
+        }
+        let err = parse(&["show", "not-an-id"]).unwrap_err();
+        assert!(err.to_string().contains("not a report id"), "{err}");
+    }
+
+    #[test]
+    fn new_collects_typed_edits() {
+        let cli = parse(&[
+            "--store",
+            "/tmp/x.db",
+            "new",
+            "incident",
+            "--set",
+            "title=Agent at harbour",
+            "--set",
+            "location.lat=-3.25",
+            "--add",
+            r#"people={"role":"witness"}"#,
+            "--narrative",
+            "Seen at dawn.",
+        ])
+        .unwrap();
+        assert_eq!(cli.store_path().unwrap(), PathBuf::from("/tmp/x.db"));
+        let Command::New(new) = cli.command else {
+            panic!("not new")
+        };
+        assert_eq!(new.kind, ReportKind::Incident);
+        assert_eq!(new.fields.set[0].value, json!("Agent at harbour"));
+        assert_eq!(new.fields.set[1].value, json!(-3.25));
+        assert_eq!(new.fields.add[0].value, json!({"role": "witness"}));
+        assert_eq!(new.narrative.as_deref(), Some("Seen at dawn."));
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors() {
+        let err = parse(&["new", "incident", "--set", "title"]).unwrap_err();
+        assert!(err.to_string().contains("PATH=VALUE"), "{err}");
+        let err = parse(&["new", "report"]).unwrap_err();
+        assert!(err.to_string().contains("unknown report kind"), "{err}");
+    }
+}
