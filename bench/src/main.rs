@@ -220,7 +220,14 @@ fn run() -> Res<()> {
     let mut rng = 0x2545F4914F6CDD1Du64;
     for round in 0..5 {
         for d in devices.iter_mut() {
-            let ids = d.report_ids();
+            let ids: Vec<ReportId> = d
+                .report_ids()
+                .into_iter()
+                .filter(|id| {
+                    d.report(id)
+                        .is_some_and(|r| r.kind() == ReportKind::Incident)
+                })
+                .collect();
             for e in 0..10 {
                 rng ^= rng << 13;
                 rng ^= rng >> 7;

@@ -21,16 +21,12 @@
 //!
 //! ## On 2G
 //!
-//! A no-op sync is a few dozen bytes each way. A long catch-up is paged by the server (at most 4
-//! MiB per page); at 2G speeds a full page can take minutes, longer than the
-//! [request timeout](transport::REQUEST_TIMEOUT), in which case `desa sync` reports the device
-//! offline and keeps everything. Rounds already committed stay committed, so the next attempt
-//! continues where it stopped.
-//!
-//! The server currently sends a report the device has just created back to it whole, in the same
-//! answer (sync-core's feed leaves out the device's own changes only when the device's position is
-//! at or after the report's first receipt). Taking it in changes nothing, and `desa sync` counts as
-//! "received" only reports that are new or changed on the device.
+//! A no-op sync is a few dozen bytes each way. Uploads are split into requests of at most 1 MiB of
+//! changes ([`UPLOAD_BYTES`](sync_core::protocol::device::UPLOAD_BYTES)) and the server pages a long
+//! catch-up at 512 KiB, so at 2G speeds (40–100 kbit/s) each round trip fits well inside the
+//! [request timeout](transport::REQUEST_TIMEOUT) and `desa sync` shows progress round by round.
+//! A round cut short is reported as offline and changes nothing; rounds already committed stay
+//! committed, so the next attempt continues where it stopped.
 
 pub mod args;
 pub mod cli;

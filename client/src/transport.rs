@@ -13,12 +13,12 @@ pub const SYNC_PATH: &str = "/api/v1/sync";
 /// offline: better to say so and keep the changes than to hang.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Time allowed for a whole round trip. Bounds a stalled link; note that a full 4 MiB catch-up
-/// page takes several minutes at 2G speeds (see the crate docs).
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// Time allowed for a whole round trip: a 1 MiB upload or a 512 KiB page at 40 kbit/s, with room.
+/// Bounds a stalled link.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Largest answer accepted: a feed page (4 MiB) plus rebuilds, with room to spare; anything
-/// bigger is not a desa-sync answer.
+/// Largest answer accepted: a feed page (512 KiB, plus one report that may exceed it) and
+/// rebuilds, with ample room; anything bigger is not a desa-sync answer.
 pub const MAX_RESPONSE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Largest error body read (it is a short JSON object).

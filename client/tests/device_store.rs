@@ -158,10 +158,7 @@ fn sqlite_store_behaves_like_the_memory_device() {
     assert_eq!(refusals.len(), memory.refusals.len());
     assert_eq!(refusals[0].report, memory.refusals[0].report);
     assert_eq!(refusals[0].change, memory.refusals[0].change);
-    assert_eq!(
-        refusals[0].code,
-        format!("{:?}", memory.refusals[0].refusal.code)
-    );
+    assert_eq!(refusals[0].code, memory.refusals[0].refusal.code.as_str());
     assert_eq!(refusals[0].detail, memory.refusals[0].refusal.detail);
     assert_eq!(refusals[0].recorded_at, now().rfc3339);
 }

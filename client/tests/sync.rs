@@ -138,7 +138,7 @@ fn a_merge_time_refusal_is_recorded_and_later_edits_are_reapplied() {
 
     let st = status::gather(&b.store).unwrap();
     assert_eq!(st.refusals.len(), 1, "{:?}", st.refusals);
-    assert_eq!(st.refusals[0].code, "Schema");
+    assert_eq!(st.refusals[0].code, "schema");
     assert!(
         st.refusals[0].detail.contains("narrative"),
         "{:?}",
@@ -149,7 +149,7 @@ fn a_merge_time_refusal_is_recorded_and_later_edits_are_reapplied() {
     status::run(&b.store, false, &mut text).unwrap();
     let text = String::from_utf8(text).unwrap();
     assert!(text.contains("Refused by the server (1)"), "{text}");
-    assert!(text.contains("Schema: "), "{text}");
+    assert!(text.contains("schema: "), "{text}");
 
     // An edit after the rebuild writes under the new generation too.
     b.edit(edit_args(id, &["location.place=Pasar"], &[], None));
@@ -237,7 +237,7 @@ fn a_refused_edit_stores_nothing() {
     let err = a
         .try_edit(edit_args(id, &["status=closed"], &[], Some("note too")))
         .unwrap_err();
-    assert!(err.to_string().contains("StatusNotPermitted"), "{err}");
+    assert!(err.to_string().contains("status_not_permitted"), "{err}");
     assert_eq!(a.view(id), before);
     assert_eq!(a.waiting(), 1);
 }

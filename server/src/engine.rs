@@ -239,10 +239,10 @@ impl Engine {
             }
         }
         rebuilds.sort_by_key(|r| r.report);
-        let exclude = plan.uploaded();
+        let uploaded = plan.uploaded();
         let mut feeds = Vec::new();
         for (scope, village, position) in plan.positions() {
-            feeds.push(self.feed(*scope, *village, *position, &exclude)?);
+            feeds.push(self.feed(*scope, *village, *position, &uploaded)?);
         }
         Ok(SyncResponse {
             verdicts,
@@ -257,8 +257,9 @@ impl Engine {
         scope: sync_core::protocol::Scope,
         village: VillageCode,
         position: Position,
-        exclude: &HashSet<ChangeHash>,
+        uploaded: &HashMap<ReportId, HashSet<ChangeHash>>,
     ) -> Result<sync_core::protocol::ScopeFeed, EngineError> {
+        let none = HashSet::new();
         let rows = self
             .store
             .feed(village, &position, steps::PAGE_REPORTS + 1)?;
@@ -269,8 +270,10 @@ impl Engine {
             // A device with none of the report gets the stored bytes as they are: no automerge
             // work on the server for a new device's catch-up.
             let cached = self.cache()?.get(&row.id).cloned();
-            let knows_some =
-                |receipts: &[Receipt]| receipts.iter().any(|r| r.seq <= position.since);
+            let exclude = uploaded.get(&row.id).unwrap_or(&none);
+            let knows_some = |receipts: &[Receipt]| {
+                !exclude.is_empty() || receipts.iter().any(|r| r.seq <= position.since)
+            };
             match cached {
                 Some(w) if knows_some(&w.receipts) => {
                     builder.push(row.id, row.last_seq, &w.doc, &w.receipts, exclude);

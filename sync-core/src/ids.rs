@@ -29,15 +29,40 @@ pub enum IdError {
     NotUuid(String),
 }
 
-/// The id of one report: an automerge-repo document id.
-#[derive(
-    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
+/// The id of one report: an automerge-repo document id. Serialized as its bs58check text in
+/// human-readable formats (JSON), as its 16 bytes in binary ones (the wire format).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ReportId([u8; 16]);
+
+impl serde::Serialize for ReportId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.collect_str(self)
+        } else {
+            self.0.serialize(s)
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ReportId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let text = String::deserialize(d)?;
+            text.parse().map_err(serde::de::Error::custom)
+        } else {
+            <[u8; 16]>::deserialize(d).map(ReportId)
+        }
+    }
+}
 
 impl ReportId {
     /// A fresh id from 16 random bytes supplied by the caller (the core takes no randomness itself).
     pub fn from_random(bytes: [u8; 16]) -> Self {
+        ReportId(bytes)
+    }
+
+    /// The id with these 16 bytes (from storage or the wire).
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
         ReportId(bytes)
     }
 
@@ -209,6 +234,25 @@ mod tests {
         let last = good.pop().expect("non-empty");
         good.push(if last == 'a' { 'b' } else { 'a' });
         assert!(good.parse::<ReportId>().is_err());
+    }
+
+    #[test]
+    fn report_id_is_text_in_json_and_bytes_on_the_wire() {
+        let id = ReportId::from_bytes([3; 16]);
+        assert_eq!(
+            serde_json::to_string(&id).expect("json"),
+            format!("\"{id}\"")
+        );
+        assert_eq!(
+            serde_json::from_str::<ReportId>(&format!("\"{}\"", id.url())).expect("json"),
+            id
+        );
+        let bytes = postcard::to_allocvec(&id).expect("postcard");
+        assert_eq!(bytes, vec![3; 16]);
+        assert_eq!(
+            postcard::from_bytes::<ReportId>(&bytes).expect("postcard"),
+            id
+        );
     }
 
     #[test]

@@ -115,7 +115,13 @@ impl Report {
         for e in fields {
             edit::apply(&mut tx, e)?;
         }
-        tx.commit_with(CommitOptions::default().with_time(writer.time));
+        // The message names the report, so two reports created alike by one device in the same
+        // second still have distinct first changes (a change hash identifies one report's change).
+        tx.commit_with(
+            CommitOptions::default()
+                .with_time(writer.time)
+                .with_message(format!("create {id}")),
+        );
         let change = doc
             .get_last_local_change()
             .ok_or_else(|| ReportError::NotAReport("empty first change".into()))?;

@@ -61,6 +61,49 @@ pub enum RefusalCode {
     NotPermitted = 10,
 }
 
+impl RefusalCode {
+    /// Every code.
+    pub const ALL: [RefusalCode; 10] = [
+        RefusalCode::Undecodable,
+        RefusalCode::AlreadyCreated,
+        RefusalCode::BadCreation,
+        RefusalCode::UnknownVillage,
+        RefusalCode::FixedField,
+        RefusalCode::ContainerReplaced,
+        RefusalCode::StatusNotPermitted,
+        RefusalCode::Schema,
+        RefusalCode::DependsOnRefused,
+        RefusalCode::NotPermitted,
+    ];
+
+    /// A stable name, for storage and display.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RefusalCode::Undecodable => "undecodable",
+            RefusalCode::AlreadyCreated => "already_created",
+            RefusalCode::BadCreation => "bad_creation",
+            RefusalCode::UnknownVillage => "unknown_village",
+            RefusalCode::FixedField => "fixed_field",
+            RefusalCode::ContainerReplaced => "container_replaced",
+            RefusalCode::StatusNotPermitted => "status_not_permitted",
+            RefusalCode::Schema => "schema",
+            RefusalCode::DependsOnRefused => "depends_on_refused",
+            RefusalCode::NotPermitted => "not_permitted",
+        }
+    }
+}
+
+impl std::str::FromStr for RefusalCode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RefusalCode::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| format!("unknown refusal code {s:?}"))
+    }
+}
+
 /// A refusal: a code and a sentence for the volunteer.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Refusal {
@@ -72,7 +115,7 @@ pub struct Refusal {
 
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}: {}", self.code, self.detail)
+        write!(f, "{}: {}", self.code.as_str(), self.detail)
     }
 }
 

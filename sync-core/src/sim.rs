@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use automerge::{Automerge, Change, ChangeHash};
 
 use crate::protocol::absorb::{absorb, DeviceStore, RecordedRefusal};
-use crate::protocol::device::DeviceSync;
+use crate::protocol::device::{DeviceSync, UPLOAD_BYTES};
 use crate::protocol::server::{self as steps, FeedBuilder, Receipt};
 use crate::protocol::{Rebuild, Scope, SyncRequest, SyncResponse, WireError};
 use crate::rules::{self, Role, Verdict};
@@ -179,6 +179,7 @@ impl MemoryServer {
             })
             .collect();
         let exclude = plan.uploaded();
+        let none = HashSet::new();
         let mut feeds = Vec::new();
         for (scope, village, position) in plan.positions() {
             let mut rows: Vec<(&ReportId, &StoredReport)> = self
@@ -202,7 +203,8 @@ impl MemoryServer {
             let mut rows = rows.into_iter().peekable();
             while builder.has_room() {
                 let Some((id, r)) = rows.next() else { break };
-                builder.push(*id, r.last_seq, &r.doc, &r.receipts, &exclude);
+                let mine = exclude.get(id).unwrap_or(&none);
+                builder.push(*id, r.last_seq, &r.doc, &r.receipts, mine);
             }
             feeds.push(builder.finish(rows.peek().is_some()));
         }
@@ -269,9 +271,9 @@ impl DeviceStore for MemoryDevice {
     }
 
     fn acknowledge(&mut self, changes: &[(ReportId, ChangeHash)]) -> Result<(), Self::Error> {
-        let acked: HashSet<ChangeHash> = changes.iter().map(|(_, h)| *h).collect();
-        for queue in self.outbox.values_mut() {
-            queue.retain(|c| !acked.contains(&c.hash()));
+        let acked: HashSet<(ReportId, ChangeHash)> = changes.iter().copied().collect();
+        for (report, queue) in self.outbox.iter_mut() {
+            queue.retain(|c| !acked.contains(&(*report, c.hash())));
         }
         Ok(())
     }
@@ -394,18 +396,25 @@ impl MemoryDevice {
             .collect()
     }
 
-    /// The encoded request for the next sync.
-    pub fn request(&self) -> Vec<u8> {
-        self.sync.request(&self.outbox_list()).encode()
+    /// What the next request carries: the outbox, at most [`UPLOAD_BYTES`] of it.
+    fn sending(&self) -> Vec<(ReportId, Vec<Change>)> {
+        DeviceSync::select_upload(&self.outbox_list(), UPLOAD_BYTES)
     }
 
-    /// Take in the response to the request made from the current outbox.
+    /// The encoded request for the next sync.
+    pub fn request(&self) -> Vec<u8> {
+        self.sync.request(&self.sending()).encode()
+    }
+
+    /// Take in the response to the request made from the current outbox. `Ok(true)`: sync again
+    /// (more pages, or changes left to send).
     pub fn handle_response(&mut self, body: &[u8]) -> Result<bool, DeviceError> {
         let response = SyncResponse::decode(body)?;
-        let sent = self.outbox_list();
+        let sent = self.sending();
+        let partial = sent.iter().map(|(_, c)| c.len()).sum::<usize>() < self.waiting();
         let mut sync = self.sync.clone();
         let outcome = sync.handle(&sent, response)?;
-        let more = outcome.more;
+        let more = outcome.more || partial;
         absorb(self, outcome).map_err(|e| DeviceError::Absorb(e.to_string()))?;
         self.sync = sync;
         Ok(more)

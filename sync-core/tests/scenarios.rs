@@ -510,3 +510,73 @@ fn a_request_for_an_unknown_village_is_refused_whole() {
     assert!(server.handle(b"DS\x01\x01\xff\xff").is_err());
     assert!(server.handle(b"").is_err());
 }
+
+#[test]
+fn a_device_is_not_sent_back_what_it_just_created() {
+    let mut server = MemoryServer::new();
+    let mut a = device(1);
+    new_incident(&mut a, "Mine");
+    let response = SyncResponse::decode(&server.handle(&a.request()).unwrap()).unwrap();
+    assert_eq!(response.verdicts, vec![WireVerdict::Accepted]);
+    assert!(
+        response.feeds[0].items.is_empty(),
+        "{:?}",
+        response.feeds[0].items
+    );
+    a.handle_response(&server.handle(&a.request()).unwrap())
+        .unwrap();
+    // Another device's edit of it does come back, as changes only.
+    let mut b = device(2);
+    sync(&mut b, &mut server);
+    let id = b.report_ids()[0];
+    b.edit(id, &[note("b1", "seen")]).unwrap();
+    sync(&mut b, &mut server);
+    let response = SyncResponse::decode(&server.handle(&a.request()).unwrap()).unwrap();
+    assert!(
+        matches!(&response.feeds[0].items[0].delta, sync_core::protocol::Delta::Changes(c) if c.len() == 1)
+    );
+}
+
+#[test]
+fn a_large_backlog_is_sent_in_several_requests() {
+    let mut server = MemoryServer::new();
+    let mut a = device(1);
+    // ~2.4 MiB of narrative over 120 reports: more than one request's upload budget.
+    for i in 0..120 {
+        let id = new_incident(&mut a, &format!("r{i}"));
+        a.edit(
+            id,
+            &[append_text(
+                "narrative",
+                &format!("{i}").repeat(19_000)[..19_000],
+            )],
+        )
+        .unwrap();
+    }
+    let first = SyncRequest::decode(&a.request()).unwrap();
+    let sent: usize = first
+        .uploads
+        .iter()
+        .flat_map(|u| &u.changes)
+        .map(|c| c.0.len())
+        .sum();
+    assert!(sent <= sync_core::protocol::device::UPLOAD_BYTES, "{sent}");
+    assert!(first.change_count() < 240);
+    let (trips, _, _) = sync(&mut a, &mut server);
+    assert!(trips >= 2, "{trips}");
+    assert_eq!(a.waiting(), 0);
+    assert_eq!(server.report_ids().len(), 120);
+}
+
+#[test]
+fn device_sync_state_round_trips_through_json() {
+    let state = sync_core::protocol::device::DeviceSync::new(
+        DeviceId::from_bytes([5; 16]),
+        &[Scope::village(village())],
+    );
+    let text = serde_json::to_string(&state).unwrap();
+    assert_eq!(
+        serde_json::from_str::<sync_core::protocol::device::DeviceSync>(&text).unwrap(),
+        state
+    );
+}

@@ -4,14 +4,15 @@
 //! answer in with sync-core's [`absorb`] and store the new positions — the absorb and the
 //! positions in one transaction, so that a crash or a failure leaves the previous state and the
 //! round is simply repeated (the server acknowledges a resent change it already has). Rounds
-//! continue while the server has more pages, and once more when a refusal made the device
-//! re-apply edits, so that they are sent while there is a connection.
+//! continue while changes remain to be sent (at most 1 MiB of them per request), while the server
+//! has more pages, and once more when a refusal made the device re-apply edits, so that they are
+//! sent while there is a connection.
 
 use std::io::Write;
 
 use sync_core::automerge::ChangeHash;
 use sync_core::protocol::absorb::{absorb, AbsorbError};
-use sync_core::protocol::device::Outcome;
+use sync_core::protocol::device::{DeviceSync, Outcome, UPLOAD_BYTES};
 use sync_core::protocol::SyncResponse;
 use sync_core::{RefusalCode, ReportId};
 
@@ -57,11 +58,19 @@ pub fn sync(
     let mut resent_reapplied = false;
     loop {
         let state = store.sync_state()?;
-        let outbox = store.outbox()?;
+        let waiting = store.outbox()?;
+        let outbox = DeviceSync::select_upload(&waiting, UPLOAD_BYTES);
         let sending: usize = outbox.iter().map(|(_, changes)| changes.len()).sum();
+        let partial = sending
+            < waiting
+                .iter()
+                .map(|(_, changes)| changes.len())
+                .sum::<usize>();
         let body = state.request(&outbox).encode();
         let answer = transport.post_sync(body).map_err(|e| match e {
-            TransportError::Offline => CliError::Offline { waiting: sending },
+            TransportError::Offline => CliError::Offline {
+                waiting: waiting.iter().map(|(_, changes)| changes.len()).sum(),
+            },
             TransportError::Http {
                 status,
                 error,
@@ -117,6 +126,9 @@ pub fn sync(
             plural(sending),
         )?;
 
+        if partial && absorbed.acknowledged > 0 {
+            continue;
+        }
         if more {
             if next.positions() == state.positions() {
                 return Err(CliError::BadAnswer(
@@ -151,8 +163,8 @@ fn heads_of(
         .collect()
 }
 
-/// How many of those reports are new or changed. The server may send back a device's own new
-/// report whole (see the crate docs); that is not news for the volunteer.
+/// How many of those reports are new or changed on the device (what the volunteer calls
+/// "received").
 fn changed(tx: &StoreTx<'_>, before: Vec<(ReportId, Vec<ChangeHash>)>) -> Result<usize, CliError> {
     let mut n = 0;
     for (id, heads) in before {

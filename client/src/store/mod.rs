@@ -108,7 +108,7 @@ pub struct StoredRefusal {
     pub report: ReportId,
     /// The change that was refused (or could not be re-applied).
     pub change: ChangeHash,
-    /// The refusal code (`Schema`, `FixedField`…).
+    /// The refusal code (`schema`, `fixed_field`…: [`sync_core::RefusalCode::as_str`]).
     pub code: String,
     /// The server's sentence.
     pub detail: String,

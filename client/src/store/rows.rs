@@ -15,7 +15,7 @@ pub fn report_id(bytes: &[u8]) -> Result<ReportId, StoreError> {
     let raw: [u8; 16] = bytes
         .try_into()
         .map_err(|_| StoreError::Corrupt(format!("report id of {} bytes", bytes.len())))?;
-    Ok(ReportId::from_random(raw))
+    Ok(ReportId::from_bytes(raw))
 }
 
 /// A change hash read from a row.

@@ -146,7 +146,7 @@ impl DeviceStore for StoreTx<'_> {
             params![
                 refusal.report.as_bytes().as_slice(),
                 refusal.change.0.as_slice(),
-                format!("{:?}", refusal.refusal.code),
+                refusal.refusal.code.as_str().to_owned(),
                 refusal.refusal.detail,
                 self.now.rfc3339,
             ],

@@ -24,6 +24,10 @@ use super::wire::{
 use crate::rules::Refusal;
 use crate::{DeviceId, ReportId};
 
+/// Change bytes a device puts in one request: well under the server's default body limit
+/// (16 MiB), and a request a 2G link carries in a few minutes.
+pub const UPLOAD_BYTES: usize = 1 << 20;
+
 /// A response that does not fit the request it answers.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProtocolError {
@@ -50,11 +54,42 @@ pub struct ApplyError {
     pub message: String,
 }
 
-/// The sync state of one device store.
+/// The sync state of one device store (serializable in any serde format, JSON included).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DeviceSync {
     device: DeviceId,
+    #[serde(with = "positions_as_list")]
     positions: BTreeMap<Scope, Position>,
+}
+
+/// Positions are stored as a list of `{scope, position}`: JSON map keys must be strings.
+mod positions_as_list {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::protocol::wire::{Position, Scope, ScopePosition};
+
+    pub fn serialize<S: Serializer>(
+        map: &BTreeMap<Scope, Position>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let list: Vec<ScopePosition> = map
+            .iter()
+            .map(|(scope, position)| ScopePosition {
+                scope: *scope,
+                position: *position,
+            })
+            .collect();
+        list.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<Scope, Position>, D::Error> {
+        let list = Vec::<ScopePosition>::deserialize(d)?;
+        Ok(list.into_iter().map(|p| (p.scope, p.position)).collect())
+    }
 }
 
 /// What the device learned from one response.
@@ -118,6 +153,37 @@ impl DeviceSync {
                 })
                 .collect(),
         }
+    }
+
+    /// The part of `outbox` to send in one request: whole changes, in order, per report a prefix
+    /// (so causal order holds), until `max_bytes` of change bytes — always at least one change, so
+    /// a sync always moves. A device with a large backlog sends it over several round trips
+    /// instead of one request the server would refuse as too large.
+    pub fn select_upload(
+        outbox: &[(ReportId, Vec<Change>)],
+        max_bytes: usize,
+    ) -> Vec<(ReportId, Vec<Change>)> {
+        let mut budget = max_bytes;
+        let mut selected = Vec::new();
+        for (report, changes) in outbox {
+            let mut take = Vec::new();
+            for change in changes {
+                let size = change.raw_bytes().len();
+                if size > budget && !(selected.is_empty() && take.is_empty()) {
+                    break;
+                }
+                budget = budget.saturating_sub(size);
+                take.push(change.clone());
+            }
+            let partial = take.len() < changes.len();
+            if !take.is_empty() {
+                selected.push((*report, take));
+            }
+            if partial || budget == 0 {
+                break;
+            }
+        }
+        selected
     }
 
     /// Take in the response to the request built from `outbox`. Positions advance here: persist

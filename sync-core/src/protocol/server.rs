@@ -95,15 +95,16 @@ impl Plan {
         &self.positions
     }
 
-    /// Every uploaded change hash (the device has these: they are left out of its feed).
-    pub fn uploaded(&self) -> HashSet<ChangeHash> {
-        self.slots
-            .iter()
-            .filter_map(|s| match s {
-                Slot::Change(_, h) => Some(*h),
-                Slot::Undecodable(_) => None,
-            })
-            .collect()
+    /// The uploaded change hashes per report (the device has these: they are left out of its
+    /// feed).
+    pub fn uploaded(&self) -> HashMap<ReportId, HashSet<ChangeHash>> {
+        let mut map: HashMap<ReportId, HashSet<ChangeHash>> = HashMap::new();
+        for slot in &self.slots {
+            if let Slot::Change(report, hash) = slot {
+                map.entry(*report).or_default().insert(*hash);
+            }
+        }
+        map
     }
 
     /// The verdicts in request order, from the admissions of each report. A change the shell did not
@@ -161,8 +162,8 @@ pub fn record_receipt(receipts: &mut Vec<Receipt>, receipt: Receipt) {
     }
 }
 
-/// What a device at `since` is missing of a report, leaving out changes it just uploaded. `None`
-/// when it is missing nothing.
+/// What a device at `since` is missing of a report, leaving out `exclude`: the changes of this
+/// report it uploaded in the same request. `None` when it is missing nothing.
 pub fn delta_since(
     doc: &Automerge,
     receipts: &[Receipt],
@@ -170,10 +171,15 @@ pub fn delta_since(
     exclude: &HashSet<ChangeHash>,
 ) -> Option<Delta> {
     let base = receipts.iter().rev().find(|r| r.seq <= since);
-    let Some(base) = base else {
-        return Some(Delta::Snapshot(Bytes(doc.save())));
+    let heads: Vec<ChangeHash> = match base {
+        Some(base) => base.heads.iter().map(|h| ChangeHash(*h)).collect(),
+        // The device had none of the report before this request — unless it just uploaded some
+        // of it (typically: it created the report), in which case it lacks only the rest.
+        None if exclude.is_empty() => {
+            return Some(Delta::Snapshot(Bytes(doc.save())));
+        }
+        None => Vec::new(),
     };
-    let heads: Vec<ChangeHash> = base.heads.iter().map(|h| ChangeHash(*h)).collect();
     let changes: Vec<Change> = doc
         .get_changes(&heads)
         .into_iter()
@@ -200,8 +206,9 @@ pub fn delta_since(
 
 /// At most this many reports per page of a feed.
 pub const PAGE_REPORTS: usize = 500;
-/// A page stops growing past this many bytes of deltas (a 2G link should see progress).
-pub const PAGE_BYTES: usize = 4 << 20;
+/// A page stops growing past this many bytes of deltas: at 2G speeds (40–100 kbit/s) a page takes
+/// about a minute, so a long catch-up shows progress and a dropped link loses little.
+pub const PAGE_BYTES: usize = 512 << 10;
 
 /// Builds one scope's feed from the reports the shell fetched, in (seq, id) order.
 pub struct FeedBuilder {
