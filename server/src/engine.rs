@@ -15,13 +15,14 @@ use lru::LruCache;
 use sync_core::automerge::{Automerge, Change, ChangeHash};
 use sync_core::protocol::server::{self as steps, FeedBuilder, Receipt};
 use sync_core::protocol::{Bytes, Position, Rebuild, SyncRequest, SyncResponse, WireError};
-use sync_core::rules::{self, Role, Verdict};
+use sync_core::rules::{Role, Verdict};
 use sync_core::{Report, ReportId, ReportKind, VillageCode};
 
-use crate::store::{Commit, ReportRow, ReportWrite, Store, StoreError, StoredDoc, COMPACT_AFTER};
+use crate::ingest::{Ingestor, Judged};
+use crate::store::{ReportRow, Store, StoreError, StoredDoc};
 
 /// Why the engine could not do what was asked.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
     /// The request body is not a sync message.
     #[error(transparent)]
@@ -51,19 +52,33 @@ pub enum EngineError {
 
 /// A report's working state: the document and what the store keeps beside it.
 #[derive(Clone, Default)]
-pub(crate) struct Working {
+pub struct Working {
     pub(crate) doc: Automerge,
+    pub(crate) recent: steps::Recent,
     pub(crate) receipts: Vec<Receipt>,
     pub(crate) tail_len: usize,
     pub(crate) held: Vec<Change>,
     pub(crate) exists: bool,
 }
 
+/// What the request threads and the writer thread share: the store and the document cache.
+pub struct Shared {
+    pub(crate) store: Arc<dyn Store>,
+    cache: Mutex<LruCache<ReportId, Arc<Working>>>,
+}
+
+impl Shared {
+    pub(crate) fn cache(
+        &self,
+    ) -> Result<MutexGuard<'_, LruCache<ReportId, Arc<Working>>>, EngineError> {
+        self.cache.lock().map_err(|_| EngineError::Poisoned)
+    }
+}
+
 /// The engine.
 pub struct Engine {
-    store: Arc<dyn Store>,
-    cache: Mutex<LruCache<ReportId, Arc<Working>>>,
-    ingest_lock: Mutex<()>,
+    shared: Arc<Shared>,
+    ingestor: Ingestor,
 }
 
 /// Server clock, unix milliseconds.
@@ -74,23 +89,24 @@ pub fn now_ms() -> i64 {
 }
 
 impl Engine {
-    /// An engine over `store`, caching up to `cache_reports` documents.
-    pub fn new(store: Arc<dyn Store>, cache_reports: usize) -> Self {
+    /// An engine over `store`, caching up to `cache_reports` documents. Starts the writer thread.
+    pub fn new(store: Arc<dyn Store>, cache_reports: usize) -> std::io::Result<Self> {
         let capacity = NonZeroUsize::new(cache_reports.max(1)).unwrap_or(NonZeroUsize::MIN);
-        Engine {
+        let shared = Arc::new(Shared {
             store,
             cache: Mutex::new(LruCache::new(capacity)),
-            ingest_lock: Mutex::new(()),
-        }
+        });
+        let ingestor = Ingestor::start(shared.clone())?;
+        Ok(Engine { shared, ingestor })
     }
 
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
+        &self.shared.store
     }
 
     fn cache(&self) -> Result<MutexGuard<'_, LruCache<ReportId, Arc<Working>>>, EngineError> {
-        self.cache.lock().map_err(|_| EngineError::Poisoned)
+        self.shared.cache()
     }
 
     /// A report's working state, from the cache or the store (and then cached).
@@ -98,7 +114,7 @@ impl Engine {
         if let Some(w) = self.cache()?.get(id) {
             return Ok(Some(w.clone()));
         }
-        let Some(stored) = self.store.load(id)? else {
+        let Some(stored) = self.shared.store.load(id)? else {
             return Ok(None);
         };
         let working = Arc::new(load_working(id, &stored)?);
@@ -112,7 +128,7 @@ impl Engine {
         let mut batches = Vec::new();
         for village in sync_core::all_villages() {
             let id = ReportId::village_profile(village.code);
-            if self.store.row(&id)?.is_none() {
+            if self.shared.store.row(&id)?.is_none() {
                 let (_, change) = Report::village_profile(village.code)
                     .map_err(|e| EngineError::Corrupt(id, e.to_string()))?;
                 batches.push((id, vec![change]));
@@ -125,94 +141,13 @@ impl Engine {
         Ok(n)
     }
 
-    /// Admit and commit changes, report by report, as one commit. Returns the verdicts.
+    /// Admit and durably commit changes (through the group-commit writer). Returns the verdicts.
     pub fn ingest(
         &self,
         batches: Vec<(ReportId, Vec<Change>)>,
         role: Role,
-    ) -> Result<HashMap<ReportId, HashMap<ChangeHash, Verdict>>, EngineError> {
-        let _one_at_a_time = self.ingest_lock.lock().map_err(|_| EngineError::Poisoned)?;
-        let now = now_ms();
-        let seq = self.store.last_seq()? + 1;
-        let mut commit = Commit {
-            seq,
-            received_at: now,
-            ..Commit::default()
-        };
-        let mut judged = HashMap::new();
-        let mut staged: Vec<(ReportId, Working)> = Vec::new();
-        for (id, changes) in batches {
-            let mut working = match self.cache()?.pop(&id) {
-                Some(w) => Arc::try_unwrap(w).unwrap_or_else(|shared| (*shared).clone()),
-                None => match self.store.load(&id)? {
-                    Some(stored) => load_working(&id, &stored)?,
-                    None => Working::default(),
-                },
-            };
-            let held_before: HashSet<ChangeHash> = working.held.iter().map(Change::hash).collect();
-            let mut all = std::mem::take(&mut working.held);
-            all.extend(
-                changes
-                    .into_iter()
-                    .filter(|c| !held_before.contains(&c.hash())),
-            );
-            let admission = rules::admit(&mut working.doc, id, all, role);
-            let held_after: HashSet<ChangeHash> = admission.held.iter().map(Change::hash).collect();
-            if held_after != held_before {
-                commit.held.push((
-                    id,
-                    admission
-                        .held
-                        .iter()
-                        .map(|c| c.raw_bytes().to_vec())
-                        .collect(),
-                ));
-            }
-            working.held = admission.held;
-            if let (false, Some(state)) = (admission.applied.is_empty(), &admission.state) {
-                let row = materialized_row(id, state, seq, now)?;
-                steps::record_receipt(
-                    &mut working.receipts,
-                    Receipt {
-                        seq,
-                        received_at: now,
-                        heads: working.doc.get_heads().iter().map(|h| h.0).collect(),
-                    },
-                );
-                working.tail_len += admission.applied.len();
-                let snapshot = if !working.exists || working.tail_len >= COMPACT_AFTER {
-                    working.tail_len = 0;
-                    Some(working.doc.save())
-                } else {
-                    None
-                };
-                working.exists = true;
-                commit.writes.push(ReportWrite {
-                    row,
-                    changes: admission
-                        .applied
-                        .iter()
-                        .map(|c| (c.hash().0, c.raw_bytes().to_vec()))
-                        .collect(),
-                    snapshot,
-                    receipts: working.receipts.clone(),
-                });
-            }
-            judged.insert(id, admission.verdicts);
-            staged.push((id, working));
-        }
-        if !commit.writes.is_empty() || !commit.held.is_empty() {
-            // On error the popped cache entries are simply not put back: the next request reloads
-            // the committed state from the store.
-            self.store.commit(&commit)?;
-        }
-        let mut cache = self.cache()?;
-        for (id, working) in staged {
-            if working.exists || !working.held.is_empty() {
-                cache.put(id, Arc::new(working));
-            }
-        }
-        Ok(judged)
+    ) -> Result<Judged, EngineError> {
+        self.ingestor.submit(batches, role)
     }
 
     /// Answer one sync request (the body of `POST /api/v1/sync`).
@@ -261,6 +196,7 @@ impl Engine {
     ) -> Result<sync_core::protocol::ScopeFeed, EngineError> {
         let none = HashSet::new();
         let rows = self
+            .shared
             .store
             .feed(village, &position, steps::PAGE_REPORTS + 1)?;
         let mut builder = FeedBuilder::new(scope, position);
@@ -276,11 +212,18 @@ impl Engine {
             };
             match cached {
                 Some(w) if knows_some(&w.receipts) => {
-                    builder.push(row.id, row.last_seq, &w.doc, &w.receipts, exclude);
+                    builder.push_with_recent(
+                        row.id,
+                        row.last_seq,
+                        &w.doc,
+                        &w.receipts,
+                        Some(&w.recent),
+                        exclude,
+                    );
                 }
                 Some(w) => builder.push_snapshot(row.id, row.last_seq, w.doc.save()),
                 None => {
-                    let Some(stored) = self.store.load(&row.id)? else {
+                    let Some(stored) = self.shared.store.load(&row.id)? else {
                         continue;
                     };
                     if knows_some(&stored.receipts) {
@@ -337,7 +280,7 @@ impl Engine {
 
 /// Load stored bytes into a working state. Stored bytes are checked like network bytes: a damaged
 /// row is an error, never a panic.
-fn load_working(id: &ReportId, stored: &StoredDoc) -> Result<Working, EngineError> {
+pub(crate) fn load_working(id: &ReportId, stored: &StoredDoc) -> Result<Working, EngineError> {
     let corrupt = |e: String| EngineError::Corrupt(*id, e);
     let mut doc = if stored.snapshot.is_empty() {
         Automerge::new()
@@ -349,6 +292,7 @@ fn load_working(id: &ReportId, stored: &StoredDoc) -> Result<Working, EngineErro
     doc.apply_changes(tail)
         .map_err(|e| corrupt(e.to_string()))?;
     Ok(Working {
+        recent: steps::Recent::new(stored.last_seq),
         exists: stored.last_seq > 0,
         doc,
         receipts: stored.receipts.clone(),
@@ -364,7 +308,7 @@ fn parse_changes(raw: &[Vec<u8>]) -> Result<Vec<Change>, String> {
 }
 
 /// The indexed row of a report from its merged JSON (already validated against its schema).
-fn materialized_row(
+pub(crate) fn materialized_row(
     id: ReportId,
     state: &serde_json::Value,
     seq: u64,

@@ -12,6 +12,7 @@
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod ingest;
 pub mod routes;
 pub mod startup;
 pub mod store;

@@ -67,7 +67,8 @@ impl Application {
             path: db.display().to_string(),
             source,
         })?;
-        let engine = Engine::new(Arc::new(store), settings.cache_reports);
+        let engine = Engine::new(Arc::new(store), settings.cache_reports)
+            .map_err(|e| StartError::Config(format!("starting the writer thread: {e}")))?;
         let created = engine.seed_village_profiles()?;
         if created > 0 {
             tracing::info!(created, "created village profiles");

@@ -13,7 +13,7 @@ use sync_core::{DeviceId, Edit, FieldPath, ReportId, ReportKind, Role, VillageCo
 
 fn engine(dir: &Path) -> Engine {
     let store = SqliteStore::open(&dir.join("db.sqlite3")).unwrap();
-    let engine = Engine::new(Arc::new(store), 64);
+    let engine = Engine::new(Arc::new(store), 64).unwrap();
     engine.seed_village_profiles().unwrap();
     engine
 }

@@ -209,6 +209,7 @@ pub fn admit(doc: &mut Automerge, id: ReportId, incoming: Vec<Change>, role: Rol
 
     // 2. Each change on its own.
     let mut kind = report_kind(doc);
+    let mut created: Option<(ChangeHash, Automerge, Value)> = None;
     let mut refused: HashSet<ChangeHash> = HashSet::new();
     let mut candidates: Vec<ChangeHash> = Vec::new();
     for hash in ready {
@@ -219,7 +220,10 @@ pub fn admit(doc: &mut Automerge, id: ReportId, incoming: Vec<Change>, role: Rol
                 format!("depends on refused change {bad}"),
             ))
         } else if change.deps().is_empty() {
-            check_creation(change, id, role, kind.is_some()).map(|k| kind = Some(k))
+            check_creation(change, id, role, kind.is_some()).map(|c| {
+                kind = Some(c.kind);
+                created = Some((hash, c.doc, c.state));
+            })
         } else {
             match kind {
                 Some(k) => check_change(change, k, role),
@@ -247,18 +251,34 @@ pub fn admit(doc: &mut Automerge, id: ReportId, incoming: Vec<Change>, role: Rol
             state: None,
         };
     };
+    // A new report starts from the document its checked first change made.
+    let mut applied_first = Vec::new();
+    let mut created_state = None;
+    if let Some((hash, genesis, state)) = created {
+        *doc = genesis;
+        candidates.retain(|h| *h != hash);
+        applied_first.push(batch[&hash].clone());
+        created_state = Some(state);
+    }
     let before = doc.get_heads();
     let changes: Vec<Change> = candidates.iter().map(|h| batch[h].clone()).collect();
-    let fast = doc.apply_changes(changes.clone()).is_ok();
-    let state = crate::view::materialize(doc);
-    let (applied, state) = match (fast, schema::validate(kind, &state)) {
-        (true, Ok(())) => (changes, state),
+    let (mut applied, state) = match (changes.is_empty(), created_state) {
+        (true, Some(state)) => (Vec::new(), state),
         _ => {
-            // Rare path: find the changes that break the merged state, one by one.
-            *doc = rebuild_at(doc, &before);
-            admit_one_by_one(doc, kind, changes, &mut verdicts, &mut refused)
+            let fast = doc.apply_changes(changes.clone()).is_ok();
+            let state = crate::view::materialize(doc);
+            match (fast, schema::validate(kind, &state)) {
+                (true, Ok(())) => (changes, state),
+                _ => {
+                    // Rare path: find the changes that break the merged state, one by one.
+                    *doc = rebuild_at(doc, &before);
+                    admit_one_by_one(doc, kind, changes, &mut verdicts, &mut refused)
+                }
+            }
         }
     };
+    applied_first.append(&mut applied);
+    let applied = applied_first;
     for change in &applied {
         verdicts.insert(change.hash(), Verdict::Accepted);
     }
@@ -373,7 +393,7 @@ fn check_creation(
     id: ReportId,
     role: Role,
     exists: bool,
-) -> Result<ReportKind, Refusal> {
+) -> Result<Created, Refusal> {
     if exists {
         return Err(Refusal::new(
             RefusalCode::AlreadyCreated,
@@ -428,7 +448,19 @@ fn check_creation(
         )));
     }
     schema::validate(kind, &state).map_err(|v| Refusal::schema(&v))?;
-    Ok(kind)
+    Ok(Created {
+        kind,
+        doc: genesis,
+        state,
+    })
+}
+
+/// A first change that passed: the document it makes and its state, reused by the merge so the
+/// creation is applied, materialized and validated once.
+struct Created {
+    kind: ReportKind,
+    doc: Automerge,
+    state: Value,
 }
 
 /// Check a later change of a report of `kind`: fixed fields, containers and `status`.
@@ -479,7 +511,7 @@ pub(crate) fn check_local(
     role: Role,
 ) -> Result<(ReportKind, Value), Refusal> {
     let kind = match before_kind {
-        None => check_creation(change, id, role, false)?,
+        None => check_creation(change, id, role, false)?.kind,
         Some(k) => {
             check_change(change, k, role)?;
             k

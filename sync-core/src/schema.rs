@@ -78,6 +78,10 @@ pub fn validate(kind: ReportKind, doc: &Value) -> Result<(), Vec<SchemaViolation
             message: format!("schema for {kind} does not compile: {e}"),
         }]
     })?;
+    // The common case — a valid document — short-circuits; errors are collected only on failure.
+    if validator.is_valid(doc) {
+        return Ok(());
+    }
     let violations: Vec<SchemaViolation> = validator
         .iter_errors(doc)
         .take(MAX_VIOLATIONS)

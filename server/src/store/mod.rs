@@ -17,7 +17,7 @@ use sync_core::protocol::Position;
 use sync_core::{DistrictCode, ReportId, ReportKind, VillageCode};
 
 /// A storage failure. The server answers 500 and acknowledges nothing.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database failed (IO, full disk, locked…).
     #[error("database: {0}")]
@@ -104,7 +104,7 @@ pub struct ReportWrite {
     /// Changes accepted now (hash, raw bytes), in causal order: appended to the tail.
     pub changes: Vec<([u8; 32], Vec<u8>)>,
     /// When set, the new compacted snapshot: it replaces the snapshot and empties the tail (the
-    /// changes above are already inside it).
+    /// changes above are already inside it). A report's first write always carries one.
     pub snapshot: Option<Vec<u8>>,
     /// The report's receipts after this update.
     pub receipts: Vec<Receipt>,

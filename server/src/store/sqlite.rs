@@ -266,31 +266,7 @@ impl Store for SqliteStore {
                 )?
                 .execute(params![key, &hash[..], commit.seq as i64, commit.received_at, bytes])?;
             }
-            let existing: Option<Vec<u8>> = tx
-                .query_row("SELECT snapshot FROM reports WHERE id = ?1", [key], |r| {
-                    r.get(0)
-                })
-                .optional()?;
-            let snapshot = match (&write.snapshot, existing) {
-                (Some(s), _) => {
-                    // The new snapshot contains every change so far: drop their bytes, keep receipts.
-                    tx.prepare_cached(
-                        "UPDATE changes SET bytes = NULL WHERE report = ?1 AND bytes IS NOT NULL",
-                    )?
-                    .execute([key])?;
-                    s.clone()
-                }
-                (None, Some(old)) => old,
-                (None, None) => Vec::new(),
-            };
-            tx.prepare_cached(
-                "INSERT INTO reports (id, kind, village, district, status, title, created_at, updated_at, last_seq, json, snapshot, receipts)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-                 ON CONFLICT (id) DO UPDATE SET status = excluded.status, title = excluded.title,
-                   updated_at = excluded.updated_at, last_seq = excluded.last_seq, json = excluded.json,
-                   snapshot = excluded.snapshot, receipts = excluded.receipts",
-            )?
-            .execute(params![
+            let params_common = params![
                 key,
                 row.kind.as_str(),
                 row.village.as_u64() as i64,
@@ -301,9 +277,45 @@ impl Store for SqliteStore {
                 commit.received_at,
                 commit.seq as i64,
                 row.json,
-                snapshot,
                 encode_receipts(&write.receipts)?,
-            ])?;
+            ];
+            match &write.snapshot {
+                Some(snapshot) => {
+                    // The new snapshot contains every change so far: drop their bytes, keep
+                    // their receipts.
+                    tx.prepare_cached(
+                        "UPDATE changes SET bytes = NULL WHERE report = ?1 AND bytes IS NOT NULL",
+                    )?
+                    .execute([key])?;
+                    tx.prepare_cached(
+                        "INSERT INTO reports (id, kind, village, district, status, title, created_at, updated_at, last_seq, json, receipts, snapshot)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                         ON CONFLICT (id) DO UPDATE SET status = excluded.status, title = excluded.title,
+                           updated_at = excluded.updated_at, last_seq = excluded.last_seq, json = excluded.json,
+                           receipts = excluded.receipts, snapshot = excluded.snapshot",
+                    )?
+                    .execute(rusqlite::params_from_iter(
+                        params_common.iter().copied().chain(std::iter::once(snapshot as &dyn rusqlite::ToSql)),
+                    ))?;
+                }
+                None => {
+                    // The snapshot stays as it is (not read, not rewritten); the row must exist,
+                    // since a report's first write always carries a snapshot.
+                    let updated = tx
+                        .prepare_cached(
+                            "UPDATE reports SET status = ?5, title = ?6, updated_at = ?8, last_seq = ?9,
+                               json = ?10, receipts = ?11
+                             WHERE id = ?1 AND kind = ?2 AND village = ?3 AND district = ?4 AND created_at = ?7",
+                        )?
+                        .execute(params_common)?;
+                    if updated != 1 {
+                        return Err(StoreError::Database(format!(
+                            "update of report {} without a snapshot, but no such report",
+                            row.id
+                        )));
+                    }
+                }
+            }
         }
         for (id, held) in &commit.held {
             let key = &id.as_bytes()[..];

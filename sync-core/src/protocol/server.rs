@@ -204,6 +204,60 @@ pub fn delta_since(
     ))
 }
 
+/// The raw bytes of a report's latest accepted changes, each with the seq that brought it.
+///
+/// automerge does not keep the bytes of the changes it applied: `get_changes` re-encodes them from
+/// the document, which is most of the cost of a feed. A server shell keeps this small window in
+/// memory beside each cached document, so a device that syncs regularly is sent the bytes as they
+/// arrived; a device further behind falls back to `get_changes`.
+#[derive(Debug, Clone, Default)]
+pub struct Recent {
+    changes: std::collections::VecDeque<(u64, ChangeHash, Vec<u8>)>,
+    /// Every change applied with a seq above this one is in `changes`.
+    complete_after: u64,
+    bytes: usize,
+}
+
+/// Bytes of recent changes kept per report.
+pub const RECENT_BYTES: usize = 32 << 10;
+
+impl Recent {
+    /// An empty window for a report whose changes up to `seq` are not held here.
+    pub fn new(seq: u64) -> Self {
+        Recent {
+            complete_after: seq,
+            ..Recent::default()
+        }
+    }
+
+    /// Record changes applied at `seq`, dropping the oldest beyond [`RECENT_BYTES`].
+    pub fn record(&mut self, seq: u64, changes: &[Change]) {
+        for c in changes {
+            let raw = c.raw_bytes().to_vec();
+            self.bytes += raw.len();
+            self.changes.push_back((seq, c.hash(), raw));
+        }
+        while self.bytes > RECENT_BYTES {
+            let Some((dropped, _, raw)) = self.changes.pop_front() else {
+                break;
+            };
+            self.bytes -= raw.len();
+            self.complete_after = self.complete_after.max(dropped);
+        }
+    }
+
+    /// The changes a device at `since` lacks, if this window holds all of them.
+    pub fn since(&self, since: u64, exclude: &HashSet<ChangeHash>) -> Option<Vec<Bytes>> {
+        (since >= self.complete_after).then(|| {
+            self.changes
+                .iter()
+                .filter(|(seq, hash, _)| *seq > since && !exclude.contains(hash))
+                .map(|(_, _, raw)| Bytes(raw.clone()))
+                .collect()
+        })
+    }
+}
+
 /// At most this many reports per page of a feed.
 pub const PAGE_REPORTS: usize = 500;
 /// A page stops growing past this many bytes of deltas: at 2G speeds (40–100 kbit/s) a page takes
@@ -255,7 +309,30 @@ impl FeedBuilder {
         receipts: &[Receipt],
         exclude: &HashSet<ChangeHash>,
     ) {
-        if let Some(delta) = delta_since(doc, receipts, self.position.since, exclude) {
+        self.push_with_recent(report, seq, doc, receipts, None, exclude);
+    }
+
+    /// [`FeedBuilder::push`], served from `recent` when it holds everything the device lacks.
+    pub fn push_with_recent(
+        &mut self,
+        report: ReportId,
+        seq: u64,
+        doc: &Automerge,
+        receipts: &[Receipt],
+        recent: Option<&Recent>,
+        exclude: &HashSet<ChangeHash>,
+    ) {
+        let knows_some =
+            !exclude.is_empty() || receipts.iter().any(|r| r.seq <= self.position.since);
+        let from_recent = recent
+            .filter(|_| knows_some)
+            .and_then(|r| r.since(self.position.since, exclude))
+            .map(|changes| (!changes.is_empty()).then_some(Delta::Changes(changes)));
+        let delta = match from_recent {
+            Some(delta) => delta,
+            None => delta_since(doc, receipts, self.position.since, exclude),
+        };
+        if let Some(delta) = delta {
             self.bytes += match &delta {
                 Delta::Changes(cs) => cs.iter().map(|c| c.0.len()).sum(),
                 Delta::Snapshot(s) => s.0.len(),
@@ -301,5 +378,79 @@ impl FeedBuilder {
             items: self.items,
             position,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        DeviceId, Edit, FieldPath, NewReport, Report, ReportKind, Role, VillageCode, Writer,
+    };
+
+    fn changes(n: usize) -> Vec<Change> {
+        let device = DeviceId::from_bytes([1; 16]);
+        let writer = Writer {
+            actor: device.actor(0),
+            role: Role::Volunteer,
+            time: 0,
+        };
+        let new = NewReport {
+            kind: ReportKind::Incident,
+            village: VillageCode::parse("6302010001").expect("village"),
+            created_at: "2026-11-28T08:00:00Z".into(),
+            created_by: device.to_string(),
+        };
+        let fields = [
+            Edit::Set {
+                path: FieldPath::root("category"),
+                value: "other".into(),
+            },
+            Edit::Set {
+                path: FieldPath::root("title"),
+                value: "t".into(),
+            },
+        ];
+        let (mut report, first) =
+            Report::create(ReportId::from_bytes([2; 16]), &new, &fields, &writer).expect("create");
+        let mut out = vec![first];
+        for i in 0..n {
+            let edit = Edit::Append {
+                list: FieldPath::root("notes"),
+                item: serde_json::json!({"id": format!("n{i}"), "author": "a", "at": "2026-11-28T08:00:00Z", "text": "x".repeat(1000)}),
+            };
+            out.push(
+                report
+                    .edit(&[edit], &writer)
+                    .expect("edit")
+                    .expect("a change"),
+            );
+        }
+        out
+    }
+
+    #[test]
+    fn the_recent_window_answers_only_what_it_fully_holds() {
+        let all = changes(40);
+        let mut recent = Recent::new(0);
+        for (seq, c) in all.iter().enumerate() {
+            recent.record(seq as u64 + 1, std::slice::from_ref(c));
+        }
+        let none = HashSet::new();
+        // ~41 KB recorded, 32 KiB kept: the oldest seqs were dropped.
+        assert!(
+            recent.since(1, &none).is_none(),
+            "a device at seq 1 lacks dropped changes"
+        );
+        let tail = recent.since(40, &none).expect("held");
+        assert_eq!(tail.len(), 1);
+        assert_eq!(tail[0].0, all[40].raw_bytes());
+        assert_eq!(recent.since(41, &none), Some(vec![]));
+        let mine: HashSet<ChangeHash> = [all[40].hash()].into();
+        assert_eq!(
+            recent.since(39, &mine).expect("held").len(),
+            1,
+            "uploaded changes are left out"
+        );
     }
 }
