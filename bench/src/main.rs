@@ -221,6 +221,7 @@ fn run() -> Res<()> {
     // Each village's devices sync from their own connection, all villages at once, as phones coming
     // back in range do: concurrent syncs share the server's commits (group commit).
     let (cpu_before, _, _) = process_usage(server.pid());
+    println!("  (ingest phase starts)");
     let started = Instant::now();
     let per_village: Vec<Vec<MemoryDevice>> =
         devices.chunks(10).map(<[MemoryDevice]>::to_vec).collect();

@@ -47,9 +47,9 @@ CREATE INDEX reports_seq ON reports (last_seq, id);
 CREATE INDEX reports_village ON reports (village, last_seq, id);
 CREATE INDEX reports_village_status ON reports (village, status, last_seq, id);
 CREATE INDEX reports_district ON reports (district, last_seq, id);
-CREATE INDEX reports_status ON reports (status, last_seq, id);
-CREATE INDEX reports_kind ON reports (kind, last_seq, id);
-CREATE INDEX reports_updated ON reports (updated_at);
+-- Every update rewrites each index that holds last_seq, so there are only as many as the device
+-- feed and the common coordinator filters (village, village + status, district) need; kind, status
+-- alone and updated_since filter along reports_seq.
 
 -- Every accepted change: when it was received, and its bytes until a snapshot absorbs it.
 CREATE TABLE changes (

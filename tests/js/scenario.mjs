@@ -1,0 +1,284 @@
+#!/usr/bin/env node
+// Scenario test: unchanged @automerge/automerge-repo 2.5 clients against a sync server's
+// WebSocket endpoint (desa-server's /ws, or the reference automerge-repo-sync-server).
+//
+//   node scenario.mjs --ws ws://127.0.0.1:PORT/ws [--interop ID --interop-note TEXT] [--trace]
+//
+// Prints one line per check and finally "N passed, M failed"; exits 0 only if nothing failed.
+
+import { parseArgs } from "node:util"
+import assert from "node:assert/strict"
+import {
+  makeClient,
+  connectedClient,
+  waitConnected,
+  closeClient,
+  waitFor,
+  waitServerHas,
+  serverHasHeads,
+  newIncident,
+  newNote,
+  plain,
+  str,
+  toUrl,
+  randomUUID,
+  sameHeads,
+} from "./lib.mjs"
+import { WebSocketClientAdapter } from "@automerge/automerge-repo-network-websocket"
+import { generateAutomergeUrl, parseAutomergeUrl } from "@automerge/automerge-repo"
+
+const { values: args } = parseArgs({
+  options: {
+    ws: { type: "string" },
+    interop: { type: "string" },
+    "interop-note": { type: "string" },
+    trace: { type: "boolean", default: false },
+    "check-timeout": { type: "string", default: "30000" },
+  },
+})
+if (!args.ws) {
+  console.error("usage: node scenario.mjs --ws ws://127.0.0.1:PORT/ws [--interop ID --interop-note TEXT] [--trace]")
+  process.exit(2)
+}
+if (args.interop && !args["interop-note"]) {
+  console.error("--interop needs --interop-note TEXT")
+  process.exit(2)
+}
+const WS = args.ws
+const CHECK_TIMEOUT = Number(args["check-timeout"])
+const t0 = performance.now()
+const trace = args.trace
+  ? line => console.log(`  [${((performance.now() - t0) / 1000).toFixed(3)}s] ${line}`)
+  : null
+
+let passed = 0
+let failed = 0
+const clients = new Set()
+const uncaught = []
+process.on("uncaughtException", e => {
+  uncaught.push(e)
+  console.log(`  ! uncaught exception (counted as a failure of the running check): ${e?.stack ?? e}`)
+})
+process.on("unhandledRejection", e => {
+  uncaught.push(e)
+  console.log(`  ! unhandled rejection (counted as a failure of the running check): ${e?.stack ?? e}`)
+})
+
+function client(name) {
+  const c = makeClient(WS, name, { trace })
+  clients.add(c)
+  return c
+}
+async function fresh(name) {
+  const c = client(name)
+  await waitConnected(c)
+  return c
+}
+async function close(c) {
+  clients.delete(c)
+  await closeClient(c)
+}
+
+async function check(label, fn) {
+  const start = performance.now()
+  const before = uncaught.length
+  let detail = ""
+  let err = null
+  try {
+    let timer
+    detail =
+      (await Promise.race([
+        fn(),
+        new Promise((_, rej) => {
+          timer = setTimeout(() => rej(new Error(`check did not finish in ${CHECK_TIMEOUT} ms`)), CHECK_TIMEOUT)
+        }),
+      ]).finally(() => clearTimeout(timer))) ?? ""
+    if (uncaught.length > before) throw new Error(`uncaught error during check: ${uncaught[before]?.message ?? uncaught[before]}`)
+  } catch (e) {
+    err = e
+  }
+  const ms = (performance.now() - start).toFixed(0)
+  if (err) {
+    failed++
+    console.log(`FAIL ${label} (${ms} ms): ${err.message ?? err}`)
+  } else {
+    passed++
+    console.log(`PASS ${label} (${ms} ms)${detail ? ": " + detail : ""}`)
+  }
+  return !err
+}
+
+/** The report contents every later check compares against: url -> plain JSON. */
+const expected = new Map()
+
+// ---- (a) create on A, find on B --------------------------------------------------------------------
+const deviceA = randomUUID()
+await check("(a) client A creates 3 incidents; fresh client B finds each by URL with identical contents", async () => {
+  const A = await fresh("volunteer-a")
+  const handles = [0, 1, 2].map(i => A.repo.create(newIncident({ deviceId: deviceA, i })))
+  const tSync = performance.now()
+  for (const h of handles) await waitServerHas(A, h)
+  const syncMs = performance.now() - tSync
+  const B = await fresh("volunteer-b")
+  for (const h of handles) {
+    const found = await B.repo.find(h.url, { signal: AbortSignal.timeout(10_000) })
+    await waitFor(() => sameHeads(found.heads(), h.heads()), { what: `B heads == A heads for ${h.url}` })
+    const a = plain(h.doc())
+    const b = plain(found.doc())
+    assert.deepEqual(b, a, `contents differ for ${h.url}`)
+    assert.equal(b.kind, "incident")
+    assert.equal(b.status, "new")
+    expected.set(h.url, a)
+  }
+  await close(A)
+  await close(B)
+  return `${handles.length} reports, server acknowledged all in ${syncMs.toFixed(0)} ms; ${[...expected.keys()].map(u => u.slice(10, 18)).join(", ")}…`
+})
+
+// ---- (b) concurrent offline edits ------------------------------------------------------------------
+await check("(b) two clients edit different fields and append notes offline, reconnect, converge; a third fresh client sees the same", async () => {
+  const deviceC = randomUUID()
+  const deviceD = randomUUID()
+  const C = await fresh("volunteer-c")
+  const h1 = C.repo.create(newIncident({ deviceId: deviceC, i: 7, title: "Keberangkatan tidak resmi dari dermaga lama" }))
+  await waitServerHas(C, h1)
+  const D = await fresh("volunteer-d")
+  const h2 = await D.repo.find(h1.url, { signal: AbortSignal.timeout(10_000) })
+  await waitFor(() => sameHeads(h2.heads(), h1.heads()), { what: "D has C's report" })
+
+  // Go offline, two ways an app can:
+  //  C: drop its network adapter (Repo.networkSubsystem.removeNetworkAdapter) and later add a new one
+  //     — the new adapter joins with full peerMetadata {storageId, isEphemeral:false};
+  //  D: Repo.networkSubsystem.disconnect() / reconnect() — note reconnect() calls
+  //     adapter.connect(peerId) WITHOUT peerMetadata, so D's second `join` carries peerMetadata {}.
+  const oldAdapter = C.adapter
+  C.repo.networkSubsystem.removeNetworkAdapter(oldAdapter)
+  D.repo.networkSubsystem.disconnect()
+  await waitFor(() => C.repo.peers.length === 0 && D.repo.peers.length === 0, { what: "C and D offline" })
+
+  const noteC = newNote(deviceC, "Kapal berangkat jam 3 pagi, dua perempuan muda ikut.")
+  const noteD = newNote(deviceD, "Keluarga diminta tidak bercerita kepada kepala desa.")
+  h1.change(d => {
+    d.risk = "high"
+    d.notes.push(noteC)
+  })
+  h2.change(d => {
+    d.occurred_on = "2026-11-27"
+    d.notes.push(noteD)
+  })
+  // nothing may have reached the other side while offline
+  assert.equal(h2.doc().risk, undefined)
+  assert.equal(h1.doc().occurred_on, undefined)
+
+  const tRe = performance.now()
+  const newAdapter = new WebSocketClientAdapter(WS, 1000)
+  if (trace) (await import("./lib.mjs")).traceAdapter(newAdapter, C.name + "'", trace)
+  C.repo.networkSubsystem.addNetworkAdapter(newAdapter)
+  C.adapter = newAdapter
+  D.repo.networkSubsystem.reconnect()
+  const both = doc => {
+    const ids = (doc.notes ?? []).map(n => str(n.id))
+    return str(doc.risk) === "high" && str(doc.occurred_on) === "2026-11-27" && ids.includes(noteC.id) && ids.includes(noteD.id)
+  }
+  await waitFor(() => both(h1.doc()) && both(h2.doc()) && sameHeads(h1.heads(), h2.heads()), {
+    timeoutMs: 20_000,
+    what: "C and D to show both notes and both fields",
+  })
+  const convergeMs = performance.now() - tRe
+  assert.equal(str(h1.doc().status), "new")
+  const merged = plain(h1.doc())
+  assert.deepEqual(plain(h2.doc()), merged)
+  await waitServerHas(C, h1)
+  await waitServerHas(D, h2)
+  await close(C)
+  await close(D)
+
+  const E = await fresh("coordinator-e")
+  const h3 = await E.repo.find(h1.url, { signal: AbortSignal.timeout(10_000) })
+  await waitFor(() => both(h3.doc()) && sameHeads(h3.heads(), h1.heads()), { what: "fresh client E sees the merged report" })
+  assert.deepEqual(plain(h3.doc()), merged)
+  await close(E)
+  expected.set(h1.url, merged)
+  return `converged ${convergeMs.toFixed(0)} ms after reconnect; notes ${merged.notes.length}, risk=${merged.risk}, occurred_on=${merged.occurred_on}`
+})
+
+// ---- (c) everything from the server alone ----------------------------------------------------------
+await check("(c) a completely fresh client fetches every report from (a) and (b) from the server alone", async () => {
+  assert.ok(clients.size === 0, `other clients still open: ${[...clients].map(c => c.name)}`)
+  assert.ok(expected.size >= 1, "nothing was created in (a)/(b)")
+  const F = await fresh("coordinator-f")
+  const t = performance.now()
+  for (const [url, want] of expected) {
+    const h = await F.repo.find(url, { signal: AbortSignal.timeout(10_000) })
+    await waitFor(
+      () => {
+        assert.deepEqual(plain(h.doc()), want)
+        return true
+      },
+      { what: `fresh client's ${url} to equal the expected contents` }
+    )
+  }
+  const ms = performance.now() - t
+  await close(F)
+  return `${expected.size} reports in ${ms.toFixed(0)} ms`
+})
+
+// ---- (d) unknown document -> unavailable, quickly -------------------------------------------------
+await check("(d) find() of a valid id nobody created is reported unavailable in well under 5 s", async () => {
+  const G = await fresh("volunteer-g")
+  const url = generateAutomergeUrl()
+  const docId = parseAutomergeUrl(url).documentId
+  // record what the server says about this document, to tell a real doc-unavailable from a local
+  // "no peers" shortcut
+  const seen = []
+  G.adapter.on("message", m => {
+    if (m.documentId === docId) seen.push(m.type + ("data" in m && m.data ? `(${m.data.byteLength}B)` : ""))
+  })
+  assert.ok(G.repo.peers.length > 0, "client must be connected, else find() fails locally without asking")
+  const t = performance.now()
+  let outcome
+  try {
+    const h = await G.repo.find(url, { signal: AbortSignal.timeout(5_000) })
+    outcome = `resolved in state ${h.state}`
+  } catch (e) {
+    outcome = e.name === "AbortError" || /abort/i.test(e.message) ? "aborted" : `rejected: ${e.message}`
+  }
+  const ms = performance.now() - t
+  await close(G)
+  const detail = `${ms.toFixed(0)} ms, ${outcome}; server sent for this doc: [${seen.join(", ") || "nothing"}]`
+  if (!/unavailable/.test(outcome)) throw new Error(`expected unavailable, got ${detail}`)
+  if (ms > 5_000) throw new Error(`too slow: ${detail}`)
+  if (!seen.some(s => s.startsWith("doc-unavailable"))) throw new Error(`no doc-unavailable from server: ${detail}`)
+  return detail
+})
+
+// ---- (e) interop with a report made by the desa CLI ------------------------------------------------
+if (args.interop) {
+  await check(`(e) interop: report ${args.interop} from the desa CLI is readable, takes a note, the server stores it`, async () => {
+    const url = toUrl(args.interop)
+    const H = await fresh("volunteer-h")
+    const h = await H.repo.find(url, { signal: AbortSignal.timeout(10_000) })
+    const doc = h.doc()
+    assert.equal(str(doc.kind), "incident", `kind is ${JSON.stringify(plain(doc.kind))}`)
+    const formsSeen = `title is ${typeof doc.title === "string" ? "Text/string" : "scalar string"}`
+    const note = newNote(`js-interop-${randomUUID().slice(0, 8)}`, args["interop-note"])
+    const before = (doc.notes ?? []).length
+    h.change(d => {
+      d.notes.push(note)
+    })
+    await waitServerHas(H, h)
+    await close(H)
+    const I = await fresh("coordinator-i")
+    const h2 = await I.repo.find(url, { signal: AbortSignal.timeout(10_000) })
+    await waitFor(() => (h2.doc().notes ?? []).some(n => str(n.id) === note.id && str(n.text) === note.text), {
+      what: "fresh client to see the interop note",
+    })
+    const got = plain(h2.doc())
+    await close(I)
+    return `${formsSeen}; notes ${before} -> ${got.notes.length}; note id ${note.id}`
+  })
+}
+
+for (const c of [...clients]) await close(c)
+console.log(`${passed} passed, ${failed} failed`)
+process.exit(failed === 0 ? 0 : 1)
