@@ -291,7 +291,8 @@ fn run() -> Res<()> {
             report: ReportId::from_random(rand_id(n)),
             changes: vec![Bytes(change.raw_bytes().to_vec())],
         });
-        if batch.len() == 2000 {
+        // What one device request carries at most (1 MiB of changes).
+        if batch.len() == 500 {
             upload(port, writer_device, std::mem::take(&mut batch))?;
         }
     }

@@ -65,6 +65,8 @@ pub struct Working {
 pub struct Shared {
     pub(crate) store: Arc<dyn Store>,
     cache: Mutex<LruCache<ReportId, Arc<Working>>>,
+    /// After each commit: the reports it changed (live push to WebSocket peers).
+    pub(crate) committed: tokio::sync::broadcast::Sender<Arc<Vec<ReportId>>>,
 }
 
 impl Shared {
@@ -81,6 +83,10 @@ pub struct Engine {
     ingestor: Ingestor,
 }
 
+/// Commit notifications a slow listener may fall behind by before it is told it lagged (and then
+/// re-syncs everything it has open).
+const COMMITTED_BACKLOG: usize = 1024;
+
 /// Server clock, unix milliseconds.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -92,12 +98,19 @@ impl Engine {
     /// An engine over `store`, caching up to `cache_reports` documents. Starts the writer thread.
     pub fn new(store: Arc<dyn Store>, cache_reports: usize) -> std::io::Result<Self> {
         let capacity = NonZeroUsize::new(cache_reports.max(1)).unwrap_or(NonZeroUsize::MIN);
+        let (committed, _) = tokio::sync::broadcast::channel(COMMITTED_BACKLOG);
         let shared = Arc::new(Shared {
             store,
             cache: Mutex::new(LruCache::new(capacity)),
+            committed,
         });
         let ingestor = Ingestor::start(shared.clone())?;
         Ok(Engine { shared, ingestor })
+    }
+
+    /// Notifications of committed reports, from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Vec<ReportId>>> {
+        self.shared.committed.subscribe()
     }
 
     /// The store.

@@ -23,8 +23,11 @@ use crate::store::{Commit, ReportWrite, COMPACT_AFTER};
 /// Verdicts per report of one ingest.
 pub type Judged = HashMap<ReportId, HashMap<ChangeHash, Verdict>>;
 
-/// At most this many ingests share a commit (bounds the latency of the first one).
+/// At most this many ingests share a commit (bounds the latency of the first one)…
 const MAX_GROUP: usize = 64;
+/// …and a group stops taking more once it touches this many reports (bounds the documents held
+/// in memory at once: each is tens of KiB).
+const MAX_GROUP_REPORTS: usize = 1024;
 
 /// Where a job's outcome goes.
 type Reply = mpsc::SyncSender<Result<Judged, EngineError>>;
@@ -70,10 +73,14 @@ impl Ingestor {
 
 fn run(shared: &Shared, queue: &mpsc::Receiver<Job>) {
     while let Ok(first) = queue.recv() {
+        let mut reports = first.batches.len();
         let mut group = vec![first];
-        while group.len() < MAX_GROUP {
+        while group.len() < MAX_GROUP && reports < MAX_GROUP_REPORTS {
             match queue.try_recv() {
-                Ok(job) => group.push(job),
+                Ok(job) => {
+                    reports += job.batches.len();
+                    group.push(job);
+                }
                 Err(_) => break,
             }
         }
@@ -166,6 +173,7 @@ fn commit_group(shared: &Shared, group: Vec<Job>) {
             return fail(answers, e.into());
         }
     }
+    let changed: Vec<ReportId> = commit.writes.iter().map(|w| w.row.id).collect();
     if let Ok(mut cache) = shared.cache() {
         for (id, s) in staged {
             if s.working.exists || !s.working.held.is_empty() {
@@ -175,6 +183,10 @@ fn commit_group(shared: &Shared, group: Vec<Job>) {
     }
     for (reply, answer) in answers {
         let _ = reply.send(answer);
+    }
+    if !changed.is_empty() {
+        // No listener is not an error: nobody has a WebSocket open.
+        let _ = shared.committed.send(Arc::new(changed));
     }
 }
 

@@ -6,6 +6,7 @@
 //! [`store::Store`] (one atomic commit per ingest) → back as bytes or JSON.
 //!
 //! * `POST /api/v1/sync` — the device exchange (`docs/protocol.md`);
+//! * `GET /ws` — the automerge-repo WebSocket protocol ([`ws`], `docs/protocol.md`);
 //! * `GET /api/v1/reports`, `GET|PATCH /api/v1/reports/{id}`, `GET /api/v1/villages`,
 //!   `GET /api/v1/schemas/{kind}`, `GET /healthz` — the coordinators' API (`docs/api.md`).
 
@@ -17,3 +18,4 @@ pub mod routes;
 pub mod startup;
 pub mod store;
 pub mod view;
+pub mod ws;

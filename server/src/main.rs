@@ -2,6 +2,12 @@
 
 use std::process::ExitCode;
 
+/// mimalloc rather than the system allocator: a server that admits bursts of documents then
+/// drops them should give the memory back; glibc's per-thread arenas kept a 100,000-report
+/// server at over 1 GiB after a bulk upload (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use desa_server::config::{Cli, Command};
 use desa_server::startup::Application;

@@ -32,7 +32,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/api/v1/reports/{id}", web::get().to(get_report))
         .route("/api/v1/reports/{id}", web::patch().to(patch_report))
         .route("/api/v1/villages", web::get().to(villages))
-        .route("/api/v1/schemas/{kind}", web::get().to(schema));
+        .route("/api/v1/schemas/{kind}", web::get().to(schema))
+        .route("/ws", web::get().to(crate::ws::route));
 }
 
 async fn healthz(engine: web::Data<Engine>) -> Result<HttpResponse, ApiError> {

@@ -85,6 +85,9 @@ impl Application {
             })?
             .port();
         let engine = web::Data::new(engine);
+        // The server's automerge-repo storage id: new at each start (peers then re-check what they
+        // share with it once, rather than trust state from a server that may have been restored).
+        let hub = web::Data::new(crate::ws::Hub::new(uuid::Uuid::new_v4().to_string()));
         let limits = web::Data::new(Limits {
             max_body: settings.max_body,
         });
@@ -95,6 +98,7 @@ impl Application {
                 // Method and path only: query strings may one day carry secrets.
                 .wrap(middleware::Logger::new("%a \"%U\" %s %b %Dms"))
                 .app_data(engine.clone())
+                .app_data(hub.clone())
                 .app_data(limits.clone())
                 .app_data(
                     web::JsonConfig::default()

@@ -424,3 +424,23 @@ fn the_sqlite_store_keeps_everything_across_reopening() {
     assert_eq!(store.last_seq().unwrap(), 2);
     assert_eq!(store.load(&id(1)).unwrap().unwrap().tail.len(), 1);
 }
+
+#[test]
+fn peer_sync_states_are_kept_per_storage() {
+    each_store(|s| {
+        assert!(s.peer_sync_states("phone-1").unwrap().is_empty());
+        s.save_peer_sync_states("phone-1", &[(id(1), vec![1]), (id(2), vec![2])])
+            .unwrap();
+        s.save_peer_sync_states("phone-1", &[(id(1), vec![9])])
+            .unwrap();
+        s.save_peer_sync_states("phone-2", &[(id(1), vec![5])])
+            .unwrap();
+        let mut got = s.peer_sync_states("phone-1").unwrap();
+        got.sort();
+        assert_eq!(got, vec![(id(1), vec![9]), (id(2), vec![2])]);
+        assert_eq!(
+            s.peer_sync_states("phone-2").unwrap(),
+            vec![(id(1), vec![5])]
+        );
+    });
+}

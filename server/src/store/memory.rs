@@ -23,6 +23,7 @@ struct Entry {
 #[derive(Default)]
 pub struct MemoryStore {
     entries: Mutex<BTreeMap<ReportId, Entry>>,
+    peer_sync: Mutex<BTreeMap<(String, ReportId), Vec<u8>>>,
 }
 
 impl MemoryStore {
@@ -189,5 +190,32 @@ impl Store for MemoryStore {
                 })
                 .collect())
         })
+    }
+
+    fn peer_sync_states(&self, storage_id: &str) -> Result<Vec<(ReportId, Vec<u8>)>, StoreError> {
+        let map = self
+            .peer_sync
+            .lock()
+            .map_err(|_| StoreError::Database("memory store lock poisoned".into()))?;
+        Ok(map
+            .iter()
+            .filter(|((s, _), _)| s == storage_id)
+            .map(|((_, id), state)| (*id, state.clone()))
+            .collect())
+    }
+
+    fn save_peer_sync_states(
+        &self,
+        storage_id: &str,
+        states: &[(ReportId, Vec<u8>)],
+    ) -> Result<(), StoreError> {
+        let mut map = self
+            .peer_sync
+            .lock()
+            .map_err(|_| StoreError::Database("memory store lock poisoned".into()))?;
+        for (id, state) in states {
+            map.insert((storage_id.to_owned(), *id), state.clone());
+        }
+        Ok(())
     }
 }

@@ -210,6 +210,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Number of reports per village and kind (villages without reports are absent).
     fn village_counts(&self) -> Result<Vec<VillageCount>, StoreError>;
+
+    /// The automerge sync states saved for a peer's storage (`storageId` of an automerge-repo
+    /// peer), per report. Losing them costs bandwidth, never data.
+    fn peer_sync_states(&self, storage_id: &str) -> Result<Vec<(ReportId, Vec<u8>)>, StoreError>;
+
+    /// Save (replace) sync states for a peer's storage, atomically.
+    fn save_peer_sync_states(
+        &self,
+        storage_id: &str,
+        states: &[(ReportId, Vec<u8>)],
+    ) -> Result<(), StoreError>;
 }
 
 /// Compact a report's tail into a new snapshot once it holds this many changes: loading then

@@ -62,6 +62,14 @@ CREATE TABLE changes (
 );
 CREATE INDEX changes_tail ON changes (report) WHERE bytes IS NOT NULL;
 
+-- automerge sync states of automerge-repo peers that have a storage id (bandwidth, not data).
+CREATE TABLE peer_sync (
+    storage_id  TEXT NOT NULL,
+    report      BLOB NOT NULL,
+    state       BLOB NOT NULL,
+    PRIMARY KEY (storage_id, report)
+);
+
 -- Changes waiting for dependencies.
 CREATE TABLE held (
     report      BLOB NOT NULL,
@@ -491,5 +499,37 @@ impl Store for SqliteStore {
                 })
                 .collect()
         })
+    }
+
+    fn peer_sync_states(&self, storage_id: &str) -> Result<Vec<(ReportId, Vec<u8>)>, StoreError> {
+        self.read(|conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT report, state FROM peer_sync WHERE storage_id = ?1")?;
+            let raws = stmt
+                .query_map([storage_id], |r| {
+                    Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            raws.into_iter()
+                .map(|(id, state)| Ok((report_id(id)?, state)))
+                .collect()
+        })
+    }
+
+    fn save_peer_sync_states(
+        &self,
+        storage_id: &str,
+        states: &[(ReportId, Vec<u8>)],
+    ) -> Result<(), StoreError> {
+        let mut conn = self.writer.lock().map_err(poisoned)?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for (id, state) in states {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO peer_sync (storage_id, report, state) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![storage_id, &id.as_bytes()[..], state])?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 }

@@ -5,6 +5,7 @@
 pub mod absorb;
 pub mod device;
 pub mod rebuild;
+pub mod repo;
 pub mod server;
 pub mod wire;
 

@@ -1,0 +1,522 @@
+//! `/ws`: the automerge-repo WebSocket protocol, so that unchanged `@automerge/automerge-repo` and
+//! `samod` clients sync reports with desa-sync — the same documents, rules and storage as
+//! `POST /api/v1/sync`.
+//!
+//! A connection is a task on the actix worker. Everything that touches documents or the store runs
+//! in `web::block`, so one peer's automerge work never delays another's handshake.
+//!
+//! * **Changes are judged before they count.** The changes inside a peer's sync message go through
+//!   the same admission and group commit as HTTP uploads; only then does the peer's sync state
+//!   learn its heads (the message is replayed with its changes removed). A refused change gets an
+//!   `error` message, is never stored or relayed, and is not asked for again.
+//! * **Nothing is announced.** The server only syncs documents a peer asked for or sent. An unknown
+//!   document gets `doc-unavailable` at once; if it appears later the peer still gets it.
+//! * **Live.** After every commit — from HTTP devices, coordinators or other WebSocket peers — each
+//!   connection that has one of the changed documents open is sent a sync message.
+//! * **Sync state** of peers with a `storageId` is saved when they disconnect, so a reconnecting
+//!   device does not re-download what it has.
+//! * **Ephemeral** messages are relayed to the other peers that have the document open, dropping
+//!   duplicates by (sender, session, count).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_ws::{AggregatedMessage, Session};
+use futures_util::StreamExt;
+use sync_core::automerge::sync::{Message as SyncMessage, State as SyncState, SyncDoc};
+use sync_core::automerge::ChangeHash;
+use sync_core::protocol::repo::{
+    changes_of, PeerMetadata, RepoMessage, MAX_MESSAGE_BYTES, PROTOCOL_VERSION,
+};
+use sync_core::rules::{Role, Verdict};
+use sync_core::ReportId;
+use tokio::sync::broadcast;
+
+use crate::engine::{Engine, EngineError};
+
+/// Shared by all connections: the server's identity and the ephemeral relay.
+pub struct Hub {
+    peer_id: String,
+    storage_id: String,
+    relay: broadcast::Sender<Arc<Relayed>>,
+    next_connection: AtomicU64,
+}
+
+/// An ephemeral message on its way to the other peers of a document.
+struct Relayed {
+    from: u64,
+    report: ReportId,
+    sender_id: String,
+    count: u64,
+    session_id: String,
+    data: Vec<u8>,
+}
+
+impl Hub {
+    /// A hub for a server whose storage is identified by `storage_id`.
+    pub fn new(storage_id: String) -> Hub {
+        let (relay, _) = broadcast::channel(1024);
+        Hub {
+            peer_id: format!("desa-sync-{}", uuid::Uuid::new_v4().simple()),
+            storage_id,
+            relay,
+            next_connection: AtomicU64::new(1),
+        }
+    }
+}
+
+/// `GET /ws`: upgrade and serve one peer.
+pub async fn route(
+    req: HttpRequest,
+    body: web::Payload,
+    engine: web::Data<Engine>,
+    hub: web::Data<Hub>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let (response, session, stream) = actix_ws::handle(&req, body)?;
+    // actix's default frame limit (64 KiB) is too small for a first sync: raise it, bounded.
+    let stream = stream
+        .max_frame_size(MAX_MESSAGE_BYTES)
+        .aggregate_continuations()
+        .max_continuation_size(MAX_MESSAGE_BYTES);
+    let hub = hub.into_inner();
+    let id = hub.next_connection.fetch_add(1, Ordering::Relaxed);
+    let connection = Connection {
+        engine: engine.into_inner(),
+        hub,
+        id,
+        peer: None,
+        storage: None,
+        saved: HashMap::new(),
+        docs: HashMap::new(),
+        seen: HashMap::new(),
+    };
+    actix_web::rt::spawn(connection.run(session, stream));
+    Ok(response)
+}
+
+/// A document a peer has open.
+struct Open {
+    /// The id as the peer spelled it (answers use the same spelling).
+    doc_id: String,
+    state: SyncState,
+    /// Changes of this peer refused here: never asked for again.
+    refused: HashSet<ChangeHash>,
+}
+
+struct Connection {
+    engine: Arc<Engine>,
+    hub: Arc<Hub>,
+    id: u64,
+    peer: Option<String>,
+    storage: Option<String>,
+    /// Sync states saved for this peer's storage, not yet in use.
+    saved: HashMap<ReportId, Vec<u8>>,
+    docs: HashMap<ReportId, Open>,
+    seen: HashMap<(String, String), u64>,
+}
+
+/// What to tell a peer about a document after taking in its message.
+enum Reply {
+    /// The server does not have it and the peer has nothing to offer.
+    Unavailable,
+    /// The peer lacks nothing.
+    Nothing,
+    /// This sync message.
+    Sync(Vec<u8>),
+}
+
+/// The peer went away or a frame could not be sent: end the connection.
+struct Gone;
+
+impl From<actix_ws::Closed> for Gone {
+    fn from(_: actix_ws::Closed) -> Self {
+        Gone
+    }
+}
+
+impl Connection {
+    async fn run(mut self, mut session: Session, mut stream: actix_ws::AggregatedMessageStream) {
+        let mut committed = self.engine.subscribe();
+        let mut relay = self.hub.relay.subscribe();
+        loop {
+            let step = tokio::select! {
+                frame = stream.next() => match frame {
+                    Some(Ok(AggregatedMessage::Binary(bytes))) => self.on_frame(&mut session, &bytes).await,
+                    Some(Ok(AggregatedMessage::Ping(bytes))) => session.pong(&bytes).await.map_err(Gone::from),
+                    Some(Ok(AggregatedMessage::Text(_))) => {
+                        let _ = self.send(&mut session, RepoMessage::Error { message: "binary frames only".into() }).await;
+                        Err(Gone)
+                    }
+                    Some(Ok(AggregatedMessage::Pong(_))) => Ok(()),
+                    Some(Ok(AggregatedMessage::Close(_))) | Some(Err(_)) | None => Err(Gone),
+                },
+                note = committed.recv() => match note {
+                    Ok(ids) => {
+                        let open: Vec<ReportId> = ids.iter().copied().filter(|id| self.docs.contains_key(id)).collect();
+                        self.push(&mut session, open).await
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let open: Vec<ReportId> = self.docs.keys().copied().collect();
+                        self.push(&mut session, open).await
+                    }
+                    Err(broadcast::error::RecvError::Closed) => Err(Gone),
+                },
+                relayed = relay.recv() => match relayed {
+                    Ok(r) => self.relay_ephemeral(&mut session, &r).await,
+                    Err(broadcast::error::RecvError::Lagged(_)) => Ok(()),
+                    Err(broadcast::error::RecvError::Closed) => Err(Gone),
+                },
+            };
+            if step.is_err() {
+                break;
+            }
+        }
+        self.save_sync_states().await;
+        let _ = session.close(None).await;
+    }
+
+    async fn send(&self, session: &mut Session, message: RepoMessage) -> Result<(), Gone> {
+        tracing::trace!(connection = self.id, message = ?kind_of(&message), "ws send");
+        session.binary(message.encode()).await.map_err(Gone::from)
+    }
+
+    async fn error(&self, session: &mut Session, message: String) -> Result<(), Gone> {
+        tracing::debug!(connection = self.id, %message, "ws error sent");
+        self.send(session, RepoMessage::Error { message }).await
+    }
+
+    async fn on_frame(&mut self, session: &mut Session, frame: &[u8]) -> Result<(), Gone> {
+        let message = match RepoMessage::decode(frame) {
+            Ok(m) => m,
+            Err(e) => return self.error(session, e.to_string()).await,
+        };
+        tracing::trace!(connection = self.id, message = ?kind_of(&message), "ws message");
+        match message {
+            RepoMessage::Join {
+                sender_id,
+                supported_protocol_versions,
+                metadata,
+            } => {
+                if !supported_protocol_versions.is_empty()
+                    && !supported_protocol_versions
+                        .iter()
+                        .any(|v| v == PROTOCOL_VERSION)
+                {
+                    self.error(session, format!("unsupported protocol versions {supported_protocol_versions:?}; this server speaks \"{PROTOCOL_VERSION}\"")).await?;
+                    return Err(Gone);
+                }
+                // Answer first: a client gives up after about a second without `peer`.
+                self.send(
+                    session,
+                    RepoMessage::Peer {
+                        sender_id: self.hub.peer_id.clone(),
+                        target_id: sender_id.clone(),
+                        selected_protocol_version: PROTOCOL_VERSION.into(),
+                        metadata: PeerMetadata {
+                            storage_id: Some(self.hub.storage_id.clone()),
+                            is_ephemeral: false,
+                        },
+                    },
+                )
+                .await?;
+                self.peer = Some(sender_id);
+                if let Some(storage) = metadata.storage_id.filter(|_| !metadata.is_ephemeral) {
+                    let engine = self.engine.clone();
+                    let key = storage.clone();
+                    let saved = web::block(move || engine.store().peer_sync_states(&key)).await;
+                    if let Ok(Ok(states)) = saved {
+                        self.saved = states.into_iter().collect();
+                    }
+                    self.storage = Some(storage);
+                }
+                Ok(())
+            }
+            RepoMessage::Request {
+                document_id, data, ..
+            }
+            | RepoMessage::Sync {
+                document_id, data, ..
+            } => {
+                if self.peer.is_none() {
+                    return self.error(session, "send join first".into()).await;
+                }
+                self.on_sync(session, document_id, &data).await
+            }
+            RepoMessage::Ephemeral {
+                sender_id,
+                count,
+                session_id,
+                document_id,
+                data,
+                ..
+            } => {
+                let Ok(report) = document_id.parse::<ReportId>() else {
+                    return Ok(());
+                };
+                let key = (sender_id.clone(), session_id.clone());
+                if self.seen.get(&key).is_some_and(|last| *last >= count) {
+                    return Ok(());
+                }
+                self.seen.insert(key, count);
+                let _ = self.hub.relay.send(Arc::new(Relayed {
+                    from: self.id,
+                    report,
+                    sender_id,
+                    count,
+                    session_id,
+                    data,
+                }));
+                Ok(())
+            }
+            RepoMessage::Leave { .. } => Err(Gone),
+            RepoMessage::Peer { .. }
+            | RepoMessage::DocUnavailable { .. }
+            | RepoMessage::Error { .. }
+            | RepoMessage::Other { .. } => Ok(()),
+        }
+    }
+
+    fn open(&mut self, report: ReportId, doc_id: String) -> &mut Open {
+        let saved = self.saved.remove(&report);
+        self.docs.entry(report).or_insert_with(|| Open {
+            doc_id,
+            // A saved state keeps only what both sides had; decoding it is what automerge expects
+            // of a reconnecting peer.
+            state: saved
+                .and_then(|bytes| SyncState::decode(&bytes).ok())
+                .unwrap_or_default(),
+            refused: HashSet::new(),
+        })
+    }
+
+    async fn on_sync(
+        &mut self,
+        session: &mut Session,
+        doc_id: String,
+        data: &[u8],
+    ) -> Result<(), Gone> {
+        let Ok(report) = doc_id.parse::<ReportId>() else {
+            self.error(session, format!("{doc_id} is not a desa-sync document id"))
+                .await?;
+            return self.unavailable(session, doc_id).await;
+        };
+        let message = match SyncMessage::decode(data) {
+            Ok(m) => m,
+            Err(e) => {
+                return self
+                    .error(
+                        session,
+                        format!("{doc_id}: not an automerge sync message: {e}"),
+                    )
+                    .await
+            }
+        };
+        let changes = match changes_of(&message) {
+            Ok(c) => c,
+            Err(e) => return self.error(session, format!("{doc_id}: {e}")).await,
+        };
+        let carried = !changes.is_empty();
+        let open = self.open(report, doc_id.clone());
+        // Changes already refused here are offered again by a peer that still has them: do not
+        // judge or answer them again (that would loop).
+        if !changes.is_empty() && changes.iter().all(|c| open.refused.contains(&c.hash())) {
+            return Ok(());
+        }
+        tracing::trace!(
+            connection = self.id,
+            changes = changes.len(),
+            "ws sync changes"
+        );
+        if !changes.is_empty() {
+            let engine = self.engine.clone();
+            let judged =
+                web::block(move || engine.ingest(vec![(report, changes)], Role::Volunteer)).await;
+            let verdicts = match judged {
+                Ok(Ok(mut j)) => j.remove(&report).unwrap_or_default(),
+                Ok(Err(e)) => {
+                    return self
+                        .error(session, format!("{doc_id}: not stored: {e}"))
+                        .await
+                }
+                Err(e) => {
+                    return self
+                        .error(session, format!("{doc_id}: not stored: {e}"))
+                        .await
+                }
+            };
+            let mut refusals = Vec::new();
+            if let Some(open) = self.docs.get_mut(&report) {
+                for (hash, verdict) in verdicts {
+                    if let Verdict::Refused(r) = verdict {
+                        open.refused.insert(hash);
+                        refusals.push(format!(
+                            "{doc_id}: change {hash} refused ({r}); it is not stored or relayed"
+                        ));
+                    }
+                }
+            }
+            for r in refusals {
+                self.error(session, r).await?;
+            }
+        }
+        let mut stripped = message;
+        stripped.changes = Vec::<Vec<u8>>::new().into();
+        self.answer(session, report, Some((stripped, carried)))
+            .await
+    }
+
+    /// Take in a (change-free) message from the peer, then send what it lacks, if anything.
+    /// `carried`: the message had changes, which were admitted before this.
+    async fn answer(
+        &mut self,
+        session: &mut Session,
+        report: ReportId,
+        incoming: Option<(SyncMessage, bool)>,
+    ) -> Result<(), Gone> {
+        let Some(open) = self.docs.get_mut(&report) else {
+            return Ok(());
+        };
+        let mut state = std::mem::take(&mut open.state);
+        let refused = open.refused.clone();
+        let doc_id = open.doc_id.clone();
+        let engine = self.engine.clone();
+        let outcome = web::block(move || -> Result<(SyncState, Reply), EngineError> {
+            let mut doc = match engine.working(&report)?.filter(|w| w.exists) {
+                Some(working) => working.doc.clone(),
+                // A peer offering a document the server lacks is answered as from an empty
+                // document, which asks for its changes; a peer that has nothing either learns
+                // the document is unavailable (a push about it has nothing to say).
+                None => match &incoming {
+                    Some((m, _)) if !m.heads.is_empty() => sync_core::automerge::Automerge::new(),
+                    Some(_) => return Ok((state, Reply::Unavailable)),
+                    None => return Ok((state, Reply::Nothing)),
+                },
+            };
+            if let Some((m, carried)) = incoming {
+                // No changes inside: this only teaches the state what the peer has. When the
+                // message did carry changes (admitted just before), automerge would take the
+                // peer's heads — now equal to ours — as already answered; the peer waits for
+                // exactly that answer to know its changes are stored, so keep it due.
+                let last_sent = state.last_sent_heads.clone();
+                let _ = doc.receive_sync_message(&mut state, m);
+                if carried {
+                    state.last_sent_heads = last_sent;
+                }
+            }
+            let reply = doc.generate_sync_message(&mut state).map(|mut m| {
+                m.need.retain(|h| !refused.contains(h));
+                m.encode()
+            });
+            Ok((state, reply.map_or(Reply::Nothing, Reply::Sync)))
+        })
+        .await;
+        let (state, reply) = match outcome {
+            Ok(Ok(o)) => o,
+            Ok(Err(e)) => return self.error(session, format!("{doc_id}: {e}")).await,
+            Err(e) => return self.error(session, format!("{doc_id}: {e}")).await,
+        };
+        if let Some(open) = self.docs.get_mut(&report) {
+            open.state = state;
+        }
+        match reply {
+            Reply::Unavailable => self.unavailable(session, doc_id).await,
+            Reply::Nothing => Ok(()),
+            Reply::Sync(data) => {
+                let target = self.peer.clone().unwrap_or_default();
+                self.send(
+                    session,
+                    RepoMessage::Sync {
+                        sender_id: self.hub.peer_id.clone(),
+                        target_id: target,
+                        document_id: doc_id,
+                        data,
+                    },
+                )
+                .await
+            }
+        }
+    }
+
+    async fn unavailable(&self, session: &mut Session, doc_id: String) -> Result<(), Gone> {
+        let target = self.peer.clone().unwrap_or_default();
+        self.send(
+            session,
+            RepoMessage::DocUnavailable {
+                sender_id: self.hub.peer_id.clone(),
+                target_id: target,
+                document_id: doc_id,
+            },
+        )
+        .await
+    }
+
+    /// Documents this peer has open changed on the server: send what it lacks.
+    async fn push(&mut self, session: &mut Session, reports: Vec<ReportId>) -> Result<(), Gone> {
+        for report in reports {
+            self.answer(session, report, None).await?;
+        }
+        Ok(())
+    }
+
+    async fn relay_ephemeral(
+        &mut self,
+        session: &mut Session,
+        relayed: &Relayed,
+    ) -> Result<(), Gone> {
+        if relayed.from == self.id {
+            return Ok(());
+        }
+        let Some(open) = self.docs.get(&relayed.report) else {
+            return Ok(());
+        };
+        let message = RepoMessage::Ephemeral {
+            sender_id: relayed.sender_id.clone(),
+            target_id: self.peer.clone().unwrap_or_default(),
+            count: relayed.count,
+            session_id: relayed.session_id.clone(),
+            document_id: open.doc_id.clone(),
+            data: relayed.data.clone(),
+        };
+        self.send(session, message).await
+    }
+
+    async fn save_sync_states(&mut self) {
+        let Some(storage) = self.storage.clone() else {
+            return;
+        };
+        let states: Vec<(ReportId, Vec<u8>)> = self
+            .docs
+            .iter()
+            .map(|(id, open)| (*id, open.state.encode()))
+            .collect();
+        if states.is_empty() {
+            return;
+        }
+        let engine = self.engine.clone();
+        let saved =
+            web::block(move || engine.store().save_peer_sync_states(&storage, &states)).await;
+        if let Ok(Err(e)) = saved {
+            tracing::warn!(error = %e, "saving a peer's sync states failed (it will re-sync more)");
+        }
+    }
+}
+
+fn kind_of(message: &RepoMessage) -> String {
+    match message {
+        RepoMessage::Join { .. } => "join".into(),
+        RepoMessage::Peer { .. } => "peer".into(),
+        RepoMessage::Request {
+            document_id, data, ..
+        } => format!("request {document_id} ({} B)", data.len()),
+        RepoMessage::Sync {
+            document_id, data, ..
+        } => format!("sync {document_id} ({} B)", data.len()),
+        RepoMessage::DocUnavailable { document_id, .. } => format!("doc-unavailable {document_id}"),
+        RepoMessage::Ephemeral { document_id, .. } => format!("ephemeral {document_id}"),
+        RepoMessage::Error { message } => format!("error {message}"),
+        RepoMessage::Leave { .. } => "leave".into(),
+        RepoMessage::Other { kind } => kind.clone(),
+    }
+}

@@ -1,0 +1,487 @@
+//! The automerge-repo network protocol (version "1"), as `@automerge/automerge-repo` 2.5 and `samod`
+//! speak it over WebSocket: one CBOR map per binary frame.
+//!
+//! Decoding is lenient where real clients are (unknown keys, CBOR `undefined`, floats where an
+//! integer is expected) and strict where it matters (a message without its type, or a sync message
+//! without a document id, is an error). Sync payloads (`data`) are automerge sync messages and are
+//! not interpreted here.
+
+use ciborium::Value;
+
+/// The protocol version this server selects.
+pub const PROTOCOL_VERSION: &str = "1";
+
+/// Metadata a peer announces about itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerMetadata {
+    /// A stable id of the peer's storage, if it persists documents (sync state may then be kept
+    /// for it across connections).
+    pub storage_id: Option<String>,
+    /// Whether the peer keeps nothing across connections.
+    pub is_ephemeral: bool,
+}
+
+/// One protocol message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RepoMessage {
+    /// Client → server: the handshake.
+    Join {
+        /// The client's peer id.
+        sender_id: String,
+        /// Protocol versions it speaks.
+        supported_protocol_versions: Vec<String>,
+        /// About the client.
+        metadata: PeerMetadata,
+    },
+    /// Server → client: the handshake answer.
+    Peer {
+        /// The server's peer id.
+        sender_id: String,
+        /// The client's peer id.
+        target_id: String,
+        /// Always [`PROTOCOL_VERSION`].
+        selected_protocol_version: String,
+        /// About the server.
+        metadata: PeerMetadata,
+    },
+    /// "I want this document" (a sync message from a peer that may not have it).
+    Request {
+        /// Sender.
+        sender_id: String,
+        /// Recipient.
+        target_id: String,
+        /// The document (automerge-repo id).
+        document_id: String,
+        /// An automerge sync message.
+        data: Vec<u8>,
+    },
+    /// A sync message for a document.
+    Sync {
+        /// Sender.
+        sender_id: String,
+        /// Recipient.
+        target_id: String,
+        /// The document.
+        document_id: String,
+        /// An automerge sync message.
+        data: Vec<u8>,
+    },
+    /// "I do not have this document."
+    DocUnavailable {
+        /// Sender.
+        sender_id: String,
+        /// Recipient.
+        target_id: String,
+        /// The document.
+        document_id: String,
+    },
+    /// Application data about a document, relayed to its other peers and never stored.
+    Ephemeral {
+        /// Sender.
+        sender_id: String,
+        /// Recipient.
+        target_id: String,
+        /// Increases per message of a session (used to drop duplicates).
+        count: u64,
+        /// The sender's session.
+        session_id: String,
+        /// The document.
+        document_id: String,
+        /// Opaque payload.
+        data: Vec<u8>,
+    },
+    /// A problem, in words (the JavaScript client only logs it).
+    Error {
+        /// What went wrong.
+        message: String,
+    },
+    /// The peer is leaving (automerge-repo 1.x).
+    Leave {
+        /// Sender.
+        sender_id: String,
+    },
+    /// Any other type (`remote-subscription-change`, `remote-heads-changed`…): ignored.
+    Other {
+        /// Its type.
+        kind: String,
+    },
+}
+
+/// Why bytes are not a protocol message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RepoWireError {
+    /// Not CBOR.
+    #[error("not CBOR: {0}")]
+    NotCbor(String),
+    /// CBOR, but not a map.
+    #[error("a message must be a CBOR map")]
+    NotAMap,
+    /// A required field is missing or of the wrong type.
+    #[error("{kind} message without a valid {field}")]
+    Missing {
+        /// Message type.
+        kind: String,
+        /// The field.
+        field: &'static str,
+    },
+}
+
+/// Messages larger than this are refused before decoding (the server's WebSocket frame limit is
+/// the same).
+pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+
+fn get<'a>(map: &'a [(Value, Value)], key: &str) -> Option<&'a Value> {
+    map.iter()
+        .find(|(k, _)| matches!(k, Value::Text(t) if t == key))
+        .map(|(_, v)| v)
+}
+
+fn text(map: &[(Value, Value)], key: &str) -> Option<String> {
+    match get(map, key)? {
+        Value::Text(t) => Some(t.clone()),
+        _ => None,
+    }
+}
+
+fn bytes(map: &[(Value, Value)], key: &str) -> Option<Vec<u8>> {
+    match get(map, key)? {
+        Value::Bytes(b) => Some(b.clone()),
+        _ => None,
+    }
+}
+
+fn count(map: &[(Value, Value)], key: &str) -> Option<u64> {
+    match get(map, key)? {
+        Value::Integer(i) => u64::try_from(i128::from(*i)).ok(),
+        Value::Float(f) if *f >= 0.0 && f.fract() == 0.0 && *f < 9.0e15 => Some(*f as u64),
+        _ => None,
+    }
+}
+
+fn metadata(map: &[(Value, Value)]) -> PeerMetadata {
+    let Some(Value::Map(meta)) = get(map, "peerMetadata") else {
+        return PeerMetadata::default();
+    };
+    PeerMetadata {
+        storage_id: text(meta, "storageId"),
+        is_ephemeral: matches!(get(meta, "isEphemeral"), Some(Value::Bool(true))),
+    }
+}
+
+impl RepoMessage {
+    /// Decode one message (one binary frame).
+    pub fn decode(frame: &[u8]) -> Result<RepoMessage, RepoWireError> {
+        let value: Value =
+            ciborium::from_reader(frame).map_err(|e| RepoWireError::NotCbor(e.to_string()))?;
+        let Value::Map(map) = value else {
+            return Err(RepoWireError::NotAMap);
+        };
+        let kind = text(&map, "type").ok_or(RepoWireError::Missing {
+            kind: "untyped".into(),
+            field: "type",
+        })?;
+        let need = |field: &'static str| RepoWireError::Missing {
+            kind: kind.clone(),
+            field,
+        };
+        let sender = || text(&map, "senderId").ok_or_else(|| need("senderId"));
+        let target = || text(&map, "targetId").unwrap_or_default();
+        let doc = || text(&map, "documentId").ok_or_else(|| need("documentId"));
+        Ok(match kind.as_str() {
+            "join" => RepoMessage::Join {
+                sender_id: sender()?,
+                supported_protocol_versions: match get(&map, "supportedProtocolVersions") {
+                    Some(Value::Array(vs)) => vs
+                        .iter()
+                        .filter_map(|v| match v {
+                            Value::Text(t) => Some(t.clone()),
+                            _ => None,
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                },
+                metadata: metadata(&map),
+            },
+            "peer" => RepoMessage::Peer {
+                sender_id: sender()?,
+                target_id: target(),
+                selected_protocol_version: text(&map, "selectedProtocolVersion")
+                    .unwrap_or_default(),
+                metadata: metadata(&map),
+            },
+            "request" | "sync" => {
+                let (sender_id, target_id, document_id) = (sender()?, target(), doc()?);
+                let data = bytes(&map, "data").ok_or_else(|| need("data"))?;
+                if kind == "request" {
+                    RepoMessage::Request {
+                        sender_id,
+                        target_id,
+                        document_id,
+                        data,
+                    }
+                } else {
+                    RepoMessage::Sync {
+                        sender_id,
+                        target_id,
+                        document_id,
+                        data,
+                    }
+                }
+            }
+            "doc-unavailable" => RepoMessage::DocUnavailable {
+                sender_id: sender()?,
+                target_id: target(),
+                document_id: doc()?,
+            },
+            "ephemeral" => RepoMessage::Ephemeral {
+                sender_id: sender()?,
+                target_id: target(),
+                count: count(&map, "count").ok_or_else(|| need("count"))?,
+                session_id: text(&map, "sessionId").ok_or_else(|| need("sessionId"))?,
+                document_id: doc()?,
+                data: bytes(&map, "data").unwrap_or_default(),
+            },
+            "error" => RepoMessage::Error {
+                message: text(&map, "message").unwrap_or_default(),
+            },
+            "leave" => RepoMessage::Leave {
+                sender_id: sender()?,
+            },
+            _ => RepoMessage::Other { kind },
+        })
+    }
+
+    /// Encode as one CBOR map.
+    pub fn encode(&self) -> Vec<u8> {
+        let t = |s: &str| Value::Text(s.to_owned());
+        let entry = |k: &str, v: Value| (t(k), v);
+        let meta = |m: &PeerMetadata| {
+            let mut fields = vec![entry("isEphemeral", Value::Bool(m.is_ephemeral))];
+            if let Some(id) = &m.storage_id {
+                fields.push(entry("storageId", t(id)));
+            }
+            Value::Map(fields)
+        };
+        let map = match self {
+            RepoMessage::Join {
+                sender_id,
+                supported_protocol_versions,
+                metadata,
+            } => vec![
+                entry("type", t("join")),
+                entry("senderId", t(sender_id)),
+                entry(
+                    "supportedProtocolVersions",
+                    Value::Array(supported_protocol_versions.iter().map(|v| t(v)).collect()),
+                ),
+                entry("peerMetadata", meta(metadata)),
+            ],
+            RepoMessage::Peer {
+                sender_id,
+                target_id,
+                selected_protocol_version,
+                metadata,
+            } => vec![
+                entry("type", t("peer")),
+                entry("senderId", t(sender_id)),
+                entry("targetId", t(target_id)),
+                entry("selectedProtocolVersion", t(selected_protocol_version)),
+                entry("peerMetadata", meta(metadata)),
+            ],
+            RepoMessage::Request {
+                sender_id,
+                target_id,
+                document_id,
+                data,
+            }
+            | RepoMessage::Sync {
+                sender_id,
+                target_id,
+                document_id,
+                data,
+            } => vec![
+                entry(
+                    "type",
+                    t(if matches!(self, RepoMessage::Request { .. }) {
+                        "request"
+                    } else {
+                        "sync"
+                    }),
+                ),
+                entry("senderId", t(sender_id)),
+                entry("targetId", t(target_id)),
+                entry("documentId", t(document_id)),
+                entry("data", Value::Bytes(data.clone())),
+            ],
+            RepoMessage::DocUnavailable {
+                sender_id,
+                target_id,
+                document_id,
+            } => vec![
+                entry("type", t("doc-unavailable")),
+                entry("senderId", t(sender_id)),
+                entry("targetId", t(target_id)),
+                entry("documentId", t(document_id)),
+            ],
+            RepoMessage::Ephemeral {
+                sender_id,
+                target_id,
+                count,
+                session_id,
+                document_id,
+                data,
+            } => vec![
+                entry("type", t("ephemeral")),
+                entry("senderId", t(sender_id)),
+                entry("targetId", t(target_id)),
+                entry("count", Value::Integer((*count).into())),
+                entry("sessionId", t(session_id)),
+                entry("documentId", t(document_id)),
+                entry("data", Value::Bytes(data.clone())),
+            ],
+            RepoMessage::Error { message } => {
+                vec![entry("type", t("error")), entry("message", t(message))]
+            }
+            RepoMessage::Leave { sender_id } => {
+                vec![entry("type", t("leave")), entry("senderId", t(sender_id))]
+            }
+            RepoMessage::Other { kind } => vec![entry("type", t(kind))],
+        };
+        let mut out = Vec::new();
+        // Writing a Value into a Vec cannot fail.
+        let _ = ciborium::into_writer(&Value::Map(map), &mut out);
+        out
+    }
+}
+
+/// The changes carried by an automerge sync message, one by one (so that each can be judged):
+/// a chunk is either one change (sync message V1) or a whole document (V2), which is expanded.
+pub fn changes_of(message: &automerge::sync::Message) -> Result<Vec<automerge::Change>, String> {
+    let mut out = Vec::new();
+    for chunk in message.changes.iter() {
+        match automerge::Change::from_bytes(chunk.to_vec()) {
+            Ok(change) => out.push(change),
+            Err(_) => {
+                let doc = automerge::Automerge::load(chunk)
+                    .map_err(|e| format!("sync message chunk: {e}"))?;
+                out.extend(doc.get_changes(&[]));
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_message_round_trips() {
+        let meta = PeerMetadata {
+            storage_id: Some("s1".into()),
+            is_ephemeral: false,
+        };
+        let messages = vec![
+            RepoMessage::Join {
+                sender_id: "a".into(),
+                supported_protocol_versions: vec!["1".into()],
+                metadata: meta.clone(),
+            },
+            RepoMessage::Peer {
+                sender_id: "srv".into(),
+                target_id: "a".into(),
+                selected_protocol_version: "1".into(),
+                metadata: meta,
+            },
+            RepoMessage::Request {
+                sender_id: "a".into(),
+                target_id: "srv".into(),
+                document_id: "d".into(),
+                data: vec![0x42, 1],
+            },
+            RepoMessage::Sync {
+                sender_id: "a".into(),
+                target_id: "srv".into(),
+                document_id: "d".into(),
+                data: vec![0x42],
+            },
+            RepoMessage::DocUnavailable {
+                sender_id: "srv".into(),
+                target_id: "a".into(),
+                document_id: "d".into(),
+            },
+            RepoMessage::Ephemeral {
+                sender_id: "a".into(),
+                target_id: "b".into(),
+                count: 7,
+                session_id: "s".into(),
+                document_id: "d".into(),
+                data: vec![1],
+            },
+            RepoMessage::Error {
+                message: "no".into(),
+            },
+            RepoMessage::Leave {
+                sender_id: "a".into(),
+            },
+        ];
+        for m in messages {
+            assert_eq!(RepoMessage::decode(&m.encode()), Ok(m));
+        }
+    }
+
+    #[test]
+    fn lenient_where_clients_are() {
+        // A JS-style join: unknown keys, `undefined` (0xf7) for a missing storage id.
+        let value = Value::Map(vec![
+            (Value::Text("type".into()), Value::Text("join".into())),
+            (Value::Text("senderId".into()), Value::Text("peer-1".into())),
+            (
+                Value::Text("supportedProtocolVersions".into()),
+                Value::Array(vec![Value::Text("1".into())]),
+            ),
+            (
+                Value::Text("peerMetadata".into()),
+                Value::Map(vec![(Value::Text("isEphemeral".into()), Value::Bool(true))]),
+            ),
+            (Value::Text("unknownKey".into()), Value::Float(1.5)),
+        ]);
+        let mut frame = Vec::new();
+        ciborium::into_writer(&value, &mut frame).expect("encode");
+        let decoded = RepoMessage::decode(&frame).expect("decodes");
+        assert!(matches!(
+            decoded,
+            RepoMessage::Join {
+                metadata: PeerMetadata {
+                    storage_id: None,
+                    is_ephemeral: true
+                },
+                ..
+            }
+        ));
+        // undefined as a value
+        let with_undefined = [
+            0xa2, 0x64, b't', b'y', b'p', b'e', 0x65, b'l', b'e', b'a', b'v', b'e', 0x68, b's',
+            b'e', b'n', b'd', b'e', b'r', b'I', b'd', 0xf7,
+        ];
+        assert!(
+            RepoMessage::decode(&with_undefined).is_err(),
+            "leave without a sender id"
+        );
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(RepoMessage::decode(b"").is_err());
+        assert!(RepoMessage::decode(&[0xff, 0x00]).is_err());
+        assert_eq!(RepoMessage::decode(&[0x01]), Err(RepoWireError::NotAMap));
+        let sync_without_doc = RepoMessage::Other {
+            kind: "sync".into(),
+        }
+        .encode();
+        assert!(matches!(
+            RepoMessage::decode(&sync_without_doc),
+            Err(RepoWireError::Missing { .. })
+        ));
+    }
+}
