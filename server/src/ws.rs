@@ -7,8 +7,10 @@
 //!
 //! * **Changes are judged before they count.** The changes inside a peer's sync message go through
 //!   the same admission and group commit as HTTP uploads; only then does the peer's sync state
-//!   learn its heads (the message is replayed with its changes removed). A refused change gets an
-//!   `error` message, is never stored or relayed, and is not asked for again.
+//!   learn its heads (the message is replayed with its changes removed). A refused change gets one
+//!   `error` message per peer (remembered across its connections: samod treats `error` as fatal
+//!   and reconnects, so repeating it would loop), is never stored or relayed, and is not asked for
+//!   again; changes building on it are dropped the same way.
 //! * **Nothing is announced.** The server only syncs documents a peer asked for or sent. An unknown
 //!   document gets `doc-unavailable` at once; if it appears later the peer still gets it.
 //! * **Live.** After every commit — from HTTP devices, coordinators or other WebSocket peers — each
@@ -19,12 +21,14 @@
 //!   duplicates by (sender, session, count).
 
 use std::collections::{HashMap, HashSet};
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, Session};
 use futures_util::StreamExt;
+use lru::LruCache;
 use sync_core::automerge::sync::{Message as SyncMessage, State as SyncState, SyncDoc};
 use sync_core::automerge::ChangeHash;
 use sync_core::protocol::repo::{
@@ -42,7 +46,13 @@ pub struct Hub {
     storage_id: String,
     relay: broadcast::Sender<Arc<Relayed>>,
     next_connection: AtomicU64,
+    /// Changes refused per (peer, report), across that peer's connections: never judged, asked
+    /// for or reported again.
+    refused: Mutex<LruCache<(String, ReportId), HashSet<ChangeHash>>>,
 }
+
+/// (peer, report) pairs whose refusals are remembered.
+const REMEMBERED_REFUSALS: usize = 10_000;
 
 /// An ephemeral message on its way to the other peers of a document.
 struct Relayed {
@@ -63,8 +73,56 @@ impl Hub {
             storage_id,
             relay,
             next_connection: AtomicU64::new(1),
+            refused: Mutex::new(LruCache::new(
+                NonZeroUsize::new(REMEMBERED_REFUSALS).unwrap_or(NonZeroUsize::MIN),
+            )),
         }
     }
+
+    fn refused_for(&self, peer: &str, report: ReportId) -> HashSet<ChangeHash> {
+        self.refused
+            .lock()
+            .ok()
+            .and_then(|mut m| m.get(&(peer.to_owned(), report)).cloned())
+            .unwrap_or_default()
+    }
+
+    fn remember_refused(
+        &self,
+        peer: &str,
+        report: ReportId,
+        hashes: impl Iterator<Item = ChangeHash>,
+    ) {
+        if let Ok(mut m) = self.refused.lock() {
+            let entry = m.get_or_insert_mut((peer.to_owned(), report), HashSet::new);
+            entry.extend(hashes);
+        }
+    }
+}
+
+/// Split offered changes into those to judge and those that are, or build on, changes already
+/// refused for this peer.
+fn without_refused(
+    changes: Vec<sync_core::automerge::Change>,
+    refused: &HashSet<ChangeHash>,
+) -> (Vec<sync_core::automerge::Change>, Vec<ChangeHash>) {
+    let mut bad: HashSet<ChangeHash> = refused.clone();
+    let mut pending = changes;
+    loop {
+        let before = bad.len();
+        for c in &pending {
+            if bad.contains(&c.hash()) || c.deps().iter().any(|d| bad.contains(d)) {
+                bad.insert(c.hash());
+            }
+        }
+        if bad.len() == before {
+            break;
+        }
+    }
+    let (dropped, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut pending)
+        .into_iter()
+        .partition(|c| bad.contains(&c.hash()));
+    (kept, dropped.iter().map(|c| c.hash()).collect())
 }
 
 /// `GET /ws`: upgrade and serve one peer.
@@ -82,6 +140,7 @@ pub async fn route(
         .max_continuation_size(MAX_MESSAGE_BYTES);
     let hub = hub.into_inner();
     let id = hub.next_connection.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(connection = id, "ws connection opened");
     let connection = Connection {
         engine: engine.into_inner(),
         hub,
@@ -101,8 +160,6 @@ struct Open {
     /// The id as the peer spelled it (answers use the same spelling).
     doc_id: String,
     state: SyncState,
-    /// Changes of this peer refused here: never asked for again.
-    refused: HashSet<ChangeHash>,
 }
 
 struct Connection {
@@ -278,6 +335,14 @@ impl Connection {
         }
     }
 
+    /// Who this peer is across connections: its storage id, or else its peer id.
+    fn peer_key(&self) -> String {
+        self.storage
+            .clone()
+            .or_else(|| self.peer.clone())
+            .unwrap_or_default()
+    }
+
     fn open(&mut self, report: ReportId, doc_id: String) -> &mut Open {
         let saved = self.saved.remove(&report);
         self.docs.entry(report).or_insert_with(|| Open {
@@ -287,7 +352,6 @@ impl Connection {
             state: saved
                 .and_then(|bytes| SyncState::decode(&bytes).ok())
                 .unwrap_or_default(),
-            refused: HashSet::new(),
         })
     }
 
@@ -318,21 +382,22 @@ impl Connection {
             Err(e) => return self.error(session, format!("{doc_id}: {e}")).await,
         };
         let carried = !changes.is_empty();
-        let open = self.open(report, doc_id.clone());
-        // Changes already refused here are offered again by a peer that still has them: do not
-        // judge or answer them again (that would loop).
-        if !changes.is_empty() && changes.iter().all(|c| open.refused.contains(&c.hash())) {
-            return Ok(());
-        }
-        tracing::trace!(
-            connection = self.id,
-            changes = changes.len(),
-            "ws sync changes"
-        );
-        if !changes.is_empty() {
+        let peer_key = self.peer_key();
+        self.open(report, doc_id.clone());
+        // A peer keeps offering a change it still has. One already refused for this peer — or
+        // building on one — is dropped without judging it or saying so again: samod treats every
+        // `error` as fatal and reconnects, so repeating it would loop forever.
+        let refused = self.hub.refused_for(&peer_key, report);
+        let (fresh, dropped) = without_refused(changes, &refused);
+        let mut newly_refused: Vec<(ChangeHash, String)> = dropped
+            .into_iter()
+            .filter(|h| !refused.contains(h))
+            .map(|h| (h, "depends on a change refused earlier".to_owned()))
+            .collect();
+        if !fresh.is_empty() {
             let engine = self.engine.clone();
             let judged =
-                web::block(move || engine.ingest(vec![(report, changes)], Role::Volunteer)).await;
+                web::block(move || engine.ingest(vec![(report, fresh)], Role::Volunteer)).await;
             let verdicts = match judged {
                 Ok(Ok(mut j)) => j.remove(&report).unwrap_or_default(),
                 Ok(Err(e)) => {
@@ -346,19 +411,23 @@ impl Connection {
                         .await
                 }
             };
-            let mut refusals = Vec::new();
-            if let Some(open) = self.docs.get_mut(&report) {
-                for (hash, verdict) in verdicts {
-                    if let Verdict::Refused(r) = verdict {
-                        open.refused.insert(hash);
-                        refusals.push(format!(
-                            "{doc_id}: change {hash} refused ({r}); it is not stored or relayed"
-                        ));
-                    }
+            for (hash, verdict) in verdicts {
+                if let Verdict::Refused(r) = verdict {
+                    newly_refused.push((hash, r.to_string()));
                 }
             }
-            for r in refusals {
-                self.error(session, r).await?;
+        }
+        if !newly_refused.is_empty() {
+            self.hub
+                .remember_refused(&peer_key, report, newly_refused.iter().map(|(h, _)| *h));
+            // Once per change and peer: the JS client logs it, samod disconnects and comes back.
+            for (hash, why) in newly_refused {
+                tracing::info!(connection = self.id, %report, %hash, %why, "ws change refused");
+                self.error(
+                    session,
+                    format!("{doc_id}: change {hash} refused ({why}); it is not stored or relayed"),
+                )
+                .await?;
             }
         }
         let mut stripped = message;
@@ -379,8 +448,8 @@ impl Connection {
             return Ok(());
         };
         let mut state = std::mem::take(&mut open.state);
-        let refused = open.refused.clone();
         let doc_id = open.doc_id.clone();
+        let refused = self.hub.refused_for(&self.peer_key(), report);
         let engine = self.engine.clone();
         let outcome = web::block(move || -> Result<(SyncState, Reply), EngineError> {
             let mut doc = match engine.working(&report)?.filter(|w| w.exists) {

@@ -149,7 +149,10 @@ fn spawn(data: &Path, port: u16, extra: &[String]) -> (Child, u16) {
         .arg("--data")
         .arg(data)
         .args(extra)
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("DESA_TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
