@@ -4,8 +4,8 @@
 //!
 //! Ingests are serialized by one lock (a commit's seq must follow the last one, and admission must
 //! see the state it commits on top of). Reads — feeds, coordinator queries — run concurrently.
-//! Documents live in a bounded LRU cache; the store is the truth: a cache entry is replaced only
-//! after its commit returned, and dropped if the commit failed.
+//! Documents live in a bounded LRU cache; the store is the truth: only the writer thread fills
+//! the cache, with a document just committed, and it drops what it took if the commit failed.
 
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroUsize;
@@ -122,7 +122,11 @@ impl Engine {
         self.shared.cache()
     }
 
-    /// A report's working state, from the cache or the store (and then cached).
+    /// A report's working state, from the cache or else the store.
+    ///
+    /// Readers never put what they load into the cache: only the writer thread does, right after
+    /// its commit. A reader's load can be older than a commit that finished meanwhile, and cached
+    /// it would roll the document back under the next ingest.
     pub(crate) fn working(&self, id: &ReportId) -> Result<Option<Arc<Working>>, EngineError> {
         if let Some(w) = self.cache()?.get(id) {
             return Ok(Some(w.clone()));
@@ -130,9 +134,7 @@ impl Engine {
         let Some(stored) = self.shared.store.load(id)? else {
             return Ok(None);
         };
-        let working = Arc::new(load_working(id, &stored)?);
-        self.cache()?.put(*id, working.clone());
-        Ok(Some(working))
+        Ok(Some(Arc::new(load_working(id, &stored)?)))
     }
 
     /// Create the profile of every village that has none (first start). Deterministic documents:
@@ -240,7 +242,7 @@ impl Engine {
                         continue;
                     };
                     if knows_some(&stored.receipts) {
-                        let working = Arc::new(load_working(&row.id, &stored)?);
+                        let working = load_working(&row.id, &stored)?;
                         builder.push(
                             row.id,
                             row.last_seq,
@@ -248,7 +250,6 @@ impl Engine {
                             &working.receipts,
                             exclude,
                         );
-                        self.cache()?.put(row.id, working);
                     } else {
                         builder.push_snapshot(row.id, row.last_seq, stored.full_bytes());
                     }
