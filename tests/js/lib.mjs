@@ -62,11 +62,33 @@ export function traceAdapter(adapter, name, log) {
   return adapter
 }
 
+// Only for --trace: decode the automerge sync message inside sync/request frames. automerge is
+// automerge-repo's own dependency (hoisted), loaded lazily so the harness never depends on it.
+let decodeSyncMessage = null
+import("@automerge/automerge")
+  .then(A => (decodeSyncMessage = A.decodeSyncMessage))
+  .catch(() => {})
+const short = h => String(h).slice(0, 8)
+
 export function summarise(m) {
   const o = {}
   for (const [k, v] of Object.entries(m)) {
-    if (v instanceof Uint8Array || ArrayBuffer.isView(v)) o[k] = `<${v.byteLength} bytes>`
-    else o[k] = v
+    if (v instanceof Uint8Array || ArrayBuffer.isView(v)) {
+      o[k] = `<${v.byteLength} bytes>`
+      if (k === "data" && (m.type === "sync" || m.type === "request") && decodeSyncMessage) {
+        try {
+          const s = decodeSyncMessage(new Uint8Array(v.buffer, v.byteOffset, v.byteLength))
+          o.sync = {
+            heads: s.heads.map(short),
+            need: s.need.map(short),
+            have: s.have.map(h => ({ lastSync: h.lastSync.map(short), bloom: h.bloom.byteLength })),
+            changes: s.changes.length,
+          }
+        } catch (e) {
+          o.sync = `undecodable: ${e.message}`
+        }
+      }
+    } else o[k] = v
   }
   return JSON.stringify(o)
 }
@@ -95,16 +117,23 @@ export async function waitConnected(client, timeoutMs = 10_000) {
   return client.repo.peers[0]
 }
 
-export async function connectedClient(wsUrl, name, opts) {
+export async function connectedClient(wsUrl, name, opts = {}) {
   const c = makeClient(wsUrl, name, opts)
-  await waitConnected(c)
+  try {
+    await waitConnected(c, opts.timeoutMs)
+  } catch (e) {
+    await closeClient(c)
+    throw e
+  }
   return c
 }
 
 export async function closeClient(c) {
   try {
-    // Repo.shutdown() calls adapter.disconnect(), which asserts a socket exists
-    for (const a of c.repo.networkSubsystem.adapters) if (!a.socket) c.repo.networkSubsystem.adapters = c.repo.networkSubsystem.adapters.filter(x => x !== a)
+    // Repo.shutdown() calls adapter.disconnect() on every adapter, and disconnect() asserts that a
+    // socket exists: drop adapters that are already disconnected (an app that went offline).
+    const ns = c.repo.networkSubsystem
+    ns.adapters = ns.adapters.filter(a => a.socket)
     await c.repo.shutdown()
   } catch (e) {
     // ignore: best effort
@@ -113,11 +142,23 @@ export async function closeClient(c) {
 
 export const sleep = ms => new Promise(r => setTimeout(r, ms))
 
+/** An error thrown outside any promise chain (e.g. WebSocketClientAdapter rethrows socket errors
+ * other than ECONNREFUSED from its event handler, such as "Unexpected server response: 404"):
+ * the entry points record it here so that every pending waitFor fails at once instead of timing out. */
+let fatal = null
+export function reportFatal(e) {
+  fatal = e
+}
+export function clearFatal() {
+  fatal = null
+}
+
 /** Poll `cond` (sync or async) every `intervalMs` until truthy; throw after `timeoutMs`. */
 export async function waitFor(cond, { timeoutMs = 15_000, intervalMs = 20, what = "condition" } = {}) {
   const start = performance.now()
   let lastErr
   for (;;) {
+    if (fatal) throw new Error(`while waiting for ${what}: ${fatal?.message ?? fatal}`)
     try {
       const v = await cond()
       if (v) return v
@@ -233,8 +274,30 @@ export async function waitServerHas(client, handle, { timeoutMs = 15_000 } = {})
     )
     return
   }
-  await waitFor(() => serverHasHeads(client, handle), {
-    timeoutMs,
-    what: `server to acknowledge heads of ${handle.url}`,
-  })
+  try {
+    await waitFor(() => serverHasHeads(client, handle), {
+      timeoutMs,
+      what: `server to acknowledge heads of ${handle.url}`,
+    })
+  } catch (e) {
+    const peer = client.repo.peers[0]
+    const sid = peer && client.repo.getStorageIdOfPeer(peer)
+    const info = sid && handle.getSyncInfo(sid)
+    e.message += ` [connected: ${!!peer}; server's last heads: ${JSON.stringify(info?.lastHeads ?? null)}; ours: ${JSON.stringify(handle.heads())}]`
+    // Diagnose: did the server store the changes and only fail to tell us (no sync reply)?
+    try {
+      const want = handle.heads()
+      const probe = await connectedClient(client.wsUrl, "diagnose", { timeoutMs: 3000 })
+      try {
+        const h = await probe.repo.find(handle.url, { signal: AbortSignal.timeout(3000) })
+        await waitFor(() => sameHeads(h.heads(), want), { timeoutMs: 2000, what: "diagnose heads" })
+        e.message += " — yet a fresh client DOES get exactly these heads from the server: it stored the changes but never sent this client a sync message with its new heads"
+      } finally {
+        await closeClient(probe)
+      }
+    } catch (e2) {
+      e.message += ` — and a fresh client does not get these heads from the server either (${e2.message})`
+    }
+    throw e
+  }
 }

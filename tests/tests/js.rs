@@ -1,0 +1,87 @@
+//! The real JavaScript automerge-repo client (`tests/js`, installed from its lockfile by
+//! `scripts/test`) against the real server, and interop with the `desa` CLI.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use desa_tests::{Desa, Server};
+
+const VILLAGE: &str = "6302010001";
+
+fn js_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("js");
+    assert!(
+        dir.join("node_modules/@automerge/automerge-repo").exists(),
+        "JavaScript client not installed: run `npm ci` in tests/js (scripts/test does it)"
+    );
+    dir
+}
+
+fn scenario(server: &Server, extra: &[&str]) -> String {
+    let ws = format!("{}/ws", server.url.replacen("http", "ws", 1));
+    let out = Command::new("node")
+        .arg("scenario.mjs")
+        .args(["--ws", &ws, "--http", &server.url, "--repeat-b", "5"])
+        .args(extra)
+        .current_dir(js_dir())
+        .output()
+        .expect("run node (Node 20 is part of the machine)");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && stdout.contains(" passed, 0 failed"),
+        "JavaScript scenario failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn incident_count(server: &Server) -> usize {
+    let (status, body) = server.get("/api/v1/reports?kind=incident&limit=500");
+    assert_eq!(status, 200);
+    body["items"].as_array().unwrap().len()
+}
+
+#[test]
+fn javascript_clients_sync_through_desa_sync_and_interoperate_with_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &[]);
+    let desa = Desa::init(&server.url, VILLAGE, "Ani");
+    let id = desa
+        .ok(&[
+            "new",
+            "incident",
+            "--set",
+            "category=recruitment_offer",
+            "--set",
+            "title=Made with desa",
+        ])
+        .last_line();
+    desa.sync();
+
+    let note = "added by a JavaScript app";
+    scenario(&server, &["--interop", &id, "--interop-note", note]);
+
+    // The JS app's edit reaches the desa device on its next HTTP sync.
+    desa.sync();
+    let doc = desa.show(&id)["document"].clone();
+    assert!(
+        doc["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["text"] == note),
+        "{doc}"
+    );
+    assert_eq!(doc, server.report(&id)["document"]);
+
+    // Everything the JS clients created is a report coordinators see; a restart loses none of it.
+    let before = incident_count(&server);
+    assert!(before >= 4, "{before}");
+    server.kill();
+    server.restart();
+    assert_eq!(incident_count(&server), before);
+    let fresh = Desa::init(&server.url, VILLAGE, "Budi");
+    fresh.sync();
+    assert_eq!(fresh.show(&id)["document"], doc);
+}
