@@ -350,12 +350,37 @@ fn run() -> Res<()> {
     sync(&mut newcomer, &mut conn)?;
     let (_, peak, rss) = process_usage(server.pid());
     println!("server memory serving {target} reports: RSS {rss:.0} MiB, peak {peak:.0} MiB (target ≤ 200 MiB)");
-    let db_size: u64 = std::fs::read_dir(dir.path())?
+    let db_size_dir = dir.path().to_owned();
+    let db_size: u64 = std::fs::read_dir(&db_size_dir)?
         .filter_map(|e| e.ok()?.metadata().ok())
         .map(|m| m.len())
         .sum();
     println!("database on disk: {:.0} MiB", db_size as f64 / 1048576.0);
-    Ok(())
+    drop(server);
+    websocket_side_by_side()
+}
+
+/// The WebSocket workload with real JavaScript automerge-repo clients, against desa-sync and the
+/// reference automerge-repo-sync-server in the same run (tests/js/bench.mjs; needs `npm ci` there).
+fn websocket_side_by_side() -> Res<()> {
+    let js = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/js");
+    if !js.join("node_modules/@automerge/automerge-repo").exists() {
+        println!("\nWebSocket side-by-side skipped: run `npm ci` in tests/js first");
+        return Ok(());
+    }
+    let server = desa_tests::binary("desa-server");
+    println!("\nWebSocket workload, real JS clients, desa-sync vs the reference sync server:");
+    let status = std::process::Command::new("node")
+        .arg("bench.mjs")
+        .arg("--desa-server")
+        .arg(&server)
+        .current_dir(&js)
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("tests/js/bench.mjs failed: {status}").into())
+    }
 }
 
 fn rss_note(server: &Server, when: &str) {

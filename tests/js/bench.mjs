@@ -23,7 +23,7 @@ import { parseArgs } from "node:util"
 import { spawn, execFileSync } from "node:child_process"
 import { readFileSync, mkdtempSync, rmSync, existsSync } from "node:fs"
 import { tmpdir } from "node:os"
-import { join, dirname } from "node:path"
+import { join, dirname, resolve } from "node:path"
 import { fileURLToPath } from "node:url"
 import { createServer } from "node:net"
 import { createInterface } from "node:readline"
@@ -171,7 +171,7 @@ async function startReference(dataDir) {
 }
 
 async function startDesa(dataDir) {
-  const bin = args["desa-server"]
+  const bin = resolve(args["desa-server"])
   if (!existsSync(bin)) throw new Error(`no desa-server binary at ${bin}`)
   return startServer("desa", bin, ["serve", "--bind", "127.0.0.1:0", "--data", join(dataDir, "desa")], {}, dataDir, line => {
     const m = /listening on http:\/\/([^\s/]+)/.exec(line)
@@ -252,6 +252,33 @@ async function verify(wsUrl, expected) {
   return checkedEdits
 }
 
+/// desa only: a change made over HTTP (a coordinator's PATCH) reaching a connected automerge-repo
+/// client that has the report open — the live relay. Returns the delays in ms.
+async function pushDelays(wsUrl, expected, n = 50) {
+  const httpBase = wsUrl.replace(/^ws/, "http").replace(/\/ws$/, "")
+  const c = await connectedClient(wsUrl, "bench-push")
+  const delays = []
+  try {
+    for (const exp of expected.slice(0, n)) {
+      const h = await c.repo.find(exp.url, { signal: AbortSignal.timeout(30_000) })
+      await h.whenReady()
+      const text = `push ${delays.length}`
+      const t0 = performance.now()
+      const res = await fetch(`${httpBase}/api/v1/reports/${exp.url.slice("automerge:".length)}`, {
+        method: "PATCH",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ note: text }),
+      })
+      if (res.status !== 200) throw new Error(`PATCH answered ${res.status}`)
+      await waitFor(() => plain(h.doc()).notes.some(x => x.text === text), { timeoutMs: 10_000, intervalMs: 1, what: "the pushed note" })
+      delays.push(performance.now() - t0)
+    }
+  } finally {
+    await closeClient(c)
+  }
+  return delays.sort((a, b) => a - b)
+}
+
 async function bench(kind) {
   const dataDir = mkdtempSync(join(tmpdir(), `desa-bench-${kind}-`))
   let server
@@ -293,6 +320,11 @@ async function bench(kind) {
     r.read_cpu_s = cpu2 - cpu1
     r.cpu_per_edit_ms = r.edits ? (r.write_cpu_s / r.edits) * 1000 : NaN
     r.peak_rss_kb = statusKb(server.pid, "VmHWM")
+    if (kind === "desa") {
+      const d = await pushDelays(server.wsUrl, expected)
+      r.push_p50_ms = d[Math.floor((d.length - 1) * 0.5)]
+      r.push_p95_ms = d[Math.floor((d.length - 1) * 0.95)]
+    }
     r.ok = true
   } catch (e) {
     r.ok = false
@@ -332,6 +364,8 @@ const rows = [
   ["join answered after (ms)", ...results.map(r => fmt(r.ready_ms, 0))],
   ["RSS at start (MiB)", ...results.map(r => fmt(r.startup_rss_kb / 1024, 1))],
   ["peak RSS VmHWM (MiB)", ...results.map(r => fmt(r.peak_rss_kb / 1024, 1))],
+  ["HTTP→WS push p50 (ms)", ...results.map(r => fmt(r.push_p50_ms, 1))],
+  ["HTTP→WS push p95 (ms)", ...results.map(r => fmt(r.push_p95_ms, 1))],
 ]
 const widths = rows[0].map((_, i) => Math.max(...rows.map(row => String(row[i]).length)))
 console.log()

@@ -325,6 +325,30 @@ if (args.http) {
   })
 }
 
+// ---- (g) desa only: live push of a change that arrives over HTTP -----------------------------------
+if (args.http) {
+  await check("(g) a coordinator's change over HTTP is pushed to a connected JS client that has the report open", async () => {
+    const [url] = [...expected.keys()]
+    assert.ok(url, "nothing was created in (a)")
+    const g = await fresh("G")
+    const h = await g.repo.find(url)
+    await h.whenReady()
+    const base = args.http.replace(/\/+$/, "")
+    const t0 = performance.now()
+    const res = await fetch(`${base}/api/v1/reports/${url.slice("automerge:".length)}`, {
+      method: "PATCH",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ status: "under_review", note: "pushed from the office" }),
+    })
+    assert.equal(res.status, 200, `PATCH: HTTP ${res.status}`)
+    // G does nothing: the server must push the change to it.
+    await waitFor(() => str(h.doc().status) === "under_review", { timeoutMs: 5_000, what: "the pushed status on G" })
+    const notes = plain(h.doc()).notes.map(n => n.text)
+    assert.ok(notes.includes("pushed from the office"), JSON.stringify(notes))
+    return `arrived ${(performance.now() - t0).toFixed(0)} ms after the PATCH was sent`
+  })
+}
+
 for (const c of [...clients]) await close(c)
 console.log(`${passed} passed, ${failed} failed`)
 process.exit(failed === 0 ? 0 : 1)
