@@ -349,6 +349,31 @@ if (args.http) {
   })
 }
 
+// ---- (h) ephemeral messages are relayed between peers of a document, never stored ------------------
+await check("(h) an ephemeral message from one client reaches another client that has the report open", async () => {
+  const [url] = [...expected.keys()]
+  assert.ok(url, "nothing was created in (a)")
+  const p = await fresh("P")
+  const q = await fresh("Q")
+  const hp = await p.repo.find(url)
+  const hq = await q.repo.find(url)
+  await hp.whenReady()
+  await hq.whenReady()
+  const received = []
+  hq.on("ephemeral-message", ({ message }) => received.push(message))
+  // Resend until it arrives: Q's subscription reaches the server with its first sync.
+  const t0 = performance.now()
+  await waitFor(
+    () => {
+      if (received.length === 0) hp.broadcast({ cursor: 42, from: "P" })
+      return received.length > 0
+    },
+    { timeoutMs: 5_000, intervalMs: 100, what: "Q to receive P's ephemeral message" }
+  )
+  assert.deepEqual(received[0], { cursor: 42, from: "P" })
+  return `arrived within ${(performance.now() - t0).toFixed(0)} ms`
+})
+
 for (const c of [...clients]) await close(c)
 console.log(`${passed} passed, ${failed} failed`)
 process.exit(failed === 0 ? 0 : 1)
