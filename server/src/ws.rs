@@ -160,7 +160,16 @@ struct Open {
     /// The id as the peer spelled it (answers use the same spelling).
     doc_id: String,
     state: SyncState,
+    /// Answers sent in a row to change-free messages while the server's heads stayed the same.
+    stalled: u32,
+    /// The server's heads at the last answer.
+    last_heads: Vec<ChangeHash>,
 }
+
+/// A sync that goes back and forth this many times without any change moving is stuck (e.g. the
+/// server needs a change the peer believes it already sent, which automerge does not resend on
+/// the same connection): the connection is closed, and the peer reconnects with a fresh state.
+const MAX_STALLED_ANSWERS: u32 = 50;
 
 struct Connection {
     engine: Arc<Engine>,
@@ -352,6 +361,8 @@ impl Connection {
             state: saved
                 .and_then(|bytes| SyncState::decode(&bytes).ok())
                 .unwrap_or_default(),
+            stalled: 0,
+            last_heads: Vec::new(),
         })
     }
 
@@ -451,43 +462,64 @@ impl Connection {
         let doc_id = open.doc_id.clone();
         let refused = self.hub.refused_for(&self.peer_key(), report);
         let engine = self.engine.clone();
-        let outcome = web::block(move || -> Result<(SyncState, Reply), EngineError> {
-            let mut doc = match engine.working(&report)?.filter(|w| w.exists) {
-                Some(working) => working.doc.clone(),
-                // A peer offering a document the server lacks is answered as from an empty
-                // document, which asks for its changes; a peer that has nothing either learns
-                // the document is unavailable (a push about it has nothing to say).
-                None => match &incoming {
-                    Some((m, _)) if !m.heads.is_empty() => sync_core::automerge::Automerge::new(),
-                    Some(_) => return Ok((state, Reply::Unavailable)),
-                    None => return Ok((state, Reply::Nothing)),
-                },
-            };
-            if let Some((m, carried)) = incoming {
-                // No changes inside: this only teaches the state what the peer has. When the
-                // message did carry changes (admitted just before), automerge would take the
-                // peer's heads — now equal to ours — as already answered; the peer waits for
-                // exactly that answer to know its changes are stored, so keep it due.
-                let last_sent = state.last_sent_heads.clone();
-                let _ = doc.receive_sync_message(&mut state, m);
-                if carried {
-                    state.last_sent_heads = last_sent;
+        let carried = incoming.as_ref().is_some_and(|(_, carried)| *carried);
+        let outcome = web::block(
+            move || -> Result<(SyncState, Reply, Vec<ChangeHash>), EngineError> {
+                let mut doc = match engine.working(&report)?.filter(|w| w.exists) {
+                    Some(working) => working.doc.clone(),
+                    // A peer offering a document the server lacks is answered as from an empty
+                    // document, which asks for its changes; a peer that has nothing either learns
+                    // the document is unavailable (a push about it has nothing to say).
+                    None => match &incoming {
+                        Some((m, _)) if !m.heads.is_empty() => {
+                            sync_core::automerge::Automerge::new()
+                        }
+                        Some(_) => return Ok((state, Reply::Unavailable, Vec::new())),
+                        None => return Ok((state, Reply::Nothing, Vec::new())),
+                    },
+                };
+                if let Some((m, carried)) = incoming {
+                    // No changes inside: this only teaches the state what the peer has. When the
+                    // message did carry changes (admitted just before), automerge would take the
+                    // peer's heads — now equal to ours — as already answered; the peer waits for
+                    // exactly that answer to know its changes are stored, so keep it due.
+                    let last_sent = state.last_sent_heads.clone();
+                    let _ = doc.receive_sync_message(&mut state, m);
+                    if carried {
+                        state.last_sent_heads = last_sent;
+                    }
                 }
-            }
-            let reply = doc.generate_sync_message(&mut state).map(|mut m| {
-                m.need.retain(|h| !refused.contains(h));
-                m.encode()
-            });
-            Ok((state, reply.map_or(Reply::Nothing, Reply::Sync)))
-        })
+                let reply = doc.generate_sync_message(&mut state).map(|mut m| {
+                    m.need.retain(|h| !refused.contains(h));
+                    m.encode()
+                });
+                let heads = doc.get_heads();
+                Ok((state, reply.map_or(Reply::Nothing, Reply::Sync), heads))
+            },
+        )
         .await;
-        let (state, reply) = match outcome {
+        let (state, reply, heads) = match outcome {
             Ok(Ok(o)) => o,
             Ok(Err(e)) => return self.error(session, format!("{doc_id}: {e}")).await,
             Err(e) => return self.error(session, format!("{doc_id}: {e}")).await,
         };
         if let Some(open) = self.docs.get_mut(&report) {
             open.state = state;
+            let moved = carried || heads != open.last_heads;
+            open.stalled = match (&reply, moved) {
+                (Reply::Sync(_), false) => open.stalled + 1,
+                _ => 0,
+            };
+            open.last_heads = heads;
+            if open.stalled > MAX_STALLED_ANSWERS {
+                tracing::warn!(connection = self.id, %report, "sync not converging; closing so the peer starts afresh");
+                self.error(
+                    session,
+                    format!("{doc_id}: sync is not converging; reconnect"),
+                )
+                .await?;
+                return Err(Gone);
+            }
         }
         match reply {
             Reply::Unavailable => self.unavailable(session, doc_id).await,
