@@ -27,8 +27,6 @@ pub struct StoredReport {
     pub receipts: Vec<Receipt>,
     /// Seq of its latest update.
     pub last_seq: u64,
-    /// Changes held for missing dependencies.
-    pub pending: Vec<Change>,
 }
 
 /// Why the in-memory server refused a whole request.
@@ -111,7 +109,6 @@ impl MemoryServer {
                     village,
                     receipts: Vec::new(),
                     last_seq: 0,
-                    pending: Vec::new(),
                 });
                 entry.last_seq = self.seq;
                 steps::record_receipt(
@@ -125,8 +122,7 @@ impl MemoryServer {
                 entry.doc = doc;
             }
         }
-        if let Some(mut entry) = stored {
-            entry.pending = self.held.get(&id).cloned().unwrap_or_default();
+        if let Some(entry) = stored {
             self.reports.insert(id, entry);
         }
         admission.verdicts

@@ -20,15 +20,13 @@
 //! * **Ephemeral** messages are relayed to the other peers that have the document open, dropping
 //!   duplicates by (sender, session, count).
 
-use std::collections::{HashMap, HashSet};
-use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, Session};
 use futures_util::StreamExt;
-use lru::LruCache;
 use sync_core::automerge::sync::{Message as SyncMessage, State as SyncState, SyncDoc};
 use sync_core::automerge::ChangeHash;
 use sync_core::protocol::repo::{
@@ -40,90 +38,10 @@ use tokio::sync::broadcast;
 
 use crate::engine::{Engine, EngineError};
 
-/// Shared by all connections: the server's identity and the ephemeral relay.
-pub struct Hub {
-    peer_id: String,
-    storage_id: String,
-    relay: broadcast::Sender<Arc<Relayed>>,
-    next_connection: AtomicU64,
-    /// Changes refused per (peer, report), across that peer's connections: never judged, asked
-    /// for or reported again.
-    refused: Mutex<LruCache<(String, ReportId), HashSet<ChangeHash>>>,
-}
+mod hub;
 
-/// (peer, report) pairs whose refusals are remembered.
-const REMEMBERED_REFUSALS: usize = 10_000;
-
-/// An ephemeral message on its way to the other peers of a document.
-struct Relayed {
-    from: u64,
-    report: ReportId,
-    sender_id: String,
-    count: u64,
-    session_id: String,
-    data: Vec<u8>,
-}
-
-impl Hub {
-    /// A hub for a server whose storage is identified by `storage_id`.
-    pub fn new(storage_id: String) -> Hub {
-        let (relay, _) = broadcast::channel(1024);
-        Hub {
-            peer_id: format!("desa-sync-{}", uuid::Uuid::new_v4().simple()),
-            storage_id,
-            relay,
-            next_connection: AtomicU64::new(1),
-            refused: Mutex::new(LruCache::new(
-                NonZeroUsize::new(REMEMBERED_REFUSALS).unwrap_or(NonZeroUsize::MIN),
-            )),
-        }
-    }
-
-    fn refused_for(&self, peer: &str, report: ReportId) -> HashSet<ChangeHash> {
-        self.refused
-            .lock()
-            .ok()
-            .and_then(|mut m| m.get(&(peer.to_owned(), report)).cloned())
-            .unwrap_or_default()
-    }
-
-    fn remember_refused(
-        &self,
-        peer: &str,
-        report: ReportId,
-        hashes: impl Iterator<Item = ChangeHash>,
-    ) {
-        if let Ok(mut m) = self.refused.lock() {
-            let entry = m.get_or_insert_mut((peer.to_owned(), report), HashSet::new);
-            entry.extend(hashes);
-        }
-    }
-}
-
-/// Split offered changes into those to judge and those that are, or build on, changes already
-/// refused for this peer.
-fn without_refused(
-    changes: Vec<sync_core::automerge::Change>,
-    refused: &HashSet<ChangeHash>,
-) -> (Vec<sync_core::automerge::Change>, Vec<ChangeHash>) {
-    let mut bad: HashSet<ChangeHash> = refused.clone();
-    let mut pending = changes;
-    loop {
-        let before = bad.len();
-        for c in &pending {
-            if bad.contains(&c.hash()) || c.deps().iter().any(|d| bad.contains(d)) {
-                bad.insert(c.hash());
-            }
-        }
-        if bad.len() == before {
-            break;
-        }
-    }
-    let (dropped, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut pending)
-        .into_iter()
-        .partition(|c| bad.contains(&c.hash()));
-    (kept, dropped.iter().map(|c| c.hash()).collect())
-}
+pub use hub::Hub;
+use hub::{without_refused, Relayed};
 
 /// `GET /ws`: upgrade and serve one peer.
 pub async fn route(
