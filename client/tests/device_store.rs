@@ -9,39 +9,18 @@ use serde_json::json;
 use sync_core::automerge::{Automerge, Change};
 use sync_core::protocol::absorb::{DeviceStore, RecordedRefusal};
 use sync_core::sim::MemoryDevice;
-use sync_core::{
-    DeviceId, Edit, NewReport, Refusal, RefusalCode, Report, ReportId, ReportKind, Role,
-    VillageCode, Writer,
-};
+use sync_core::{DeviceId, Edit, Refusal, RefusalCode, ReportId, VillageCode};
 
 /// A report with three changes made by `device`.
 fn report(device: DeviceId, n: u8) -> (ReportId, Automerge, Vec<Change>) {
     let id = ReportId::from_random([n; 16]);
-    let writer = Writer {
-        actor: device.actor(0),
-        role: Role::Volunteer,
-        time: 1_764_316_800,
-    };
-    let new = NewReport {
-        kind: ReportKind::Incident,
-        village: VillageCode::parse(VILLAGE).unwrap(),
-        created_at: "2025-11-28T08:00:00Z".into(),
-        created_by: device.to_string(),
-    };
+    let writer = sync_core::sim::volunteer(device);
     let set = |p: &str, v: serde_json::Value| Edit::Set {
         path: p.parse().unwrap(),
         value: v,
     };
-    let (mut report, first) = Report::create(
-        id,
-        &new,
-        &[
-            set("category", json!("other")),
-            set("title", json!(format!("Report {n}"))),
-        ],
-        &writer,
-    )
-    .unwrap();
+    let (mut report, first) =
+        sync_core::sim::sample_incident(id, device, &format!("Report {n}")).unwrap();
     let second = report
         .edit(&[set("risk", json!("low"))], &writer)
         .unwrap()

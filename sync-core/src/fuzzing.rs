@@ -5,7 +5,7 @@ use automerge::{Automerge, Change};
 
 use crate::rules::{self, Role};
 use crate::sim::{MemoryDevice, MemoryServer};
-use crate::{DeviceId, Edit, ReportId, ReportKind, VillageCode};
+use crate::{DeviceId, ReportId, ReportKind, VillageCode};
 
 fn village() -> Option<VillageCode> {
     VillageCode::parse("6302010001").ok()
@@ -22,17 +22,10 @@ pub fn sync_request(bytes: &[u8]) {
 pub fn sync_response(bytes: &[u8]) {
     let Some(v) = village() else { return };
     let mut device = MemoryDevice::new(DeviceId::from_bytes([1; 16]), v);
-    let fields = [
-        Edit::Set {
-            path: crate::FieldPath::root("category"),
-            value: "other".into(),
-        },
-        Edit::Set {
-            path: crate::FieldPath::root("title"),
-            value: "fuzz".into(),
-        },
-    ];
-    if device.create(ReportKind::Incident, &fields).is_ok() {
+    if device
+        .create(ReportKind::Incident, &crate::sim::sample_fields("fuzz"))
+        .is_ok()
+    {
         let _ = device.handle_response(bytes);
     }
 }

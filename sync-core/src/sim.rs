@@ -16,6 +16,47 @@ use crate::{
     DeviceId, Edit, NewReport, Report, ReportError, ReportId, ReportKind, VillageCode, Writer,
 };
 
+/// The writer a volunteer's device uses for its reports (actor generation 0, a fixed clock).
+pub fn volunteer(device: DeviceId) -> Writer {
+    Writer {
+        actor: device.actor(0),
+        role: Role::Volunteer,
+        time: 1_764_316_800,
+    }
+}
+
+/// The fields of a minimal valid incident besides the fixed ones: a category and `title`.
+pub fn sample_fields(title: &str) -> [Edit; 2] {
+    [
+        Edit::Set {
+            path: crate::FieldPath::root("category"),
+            value: "other".into(),
+        },
+        Edit::Set {
+            path: crate::FieldPath::root("title"),
+            value: title.into(),
+        },
+    ]
+}
+
+/// A minimal valid incident of village 6302010001 written by `device`: the report and its first
+/// change. A fixture for tests, benchmarks and fuzz targets.
+pub fn sample_incident(
+    id: ReportId,
+    device: DeviceId,
+    title: &str,
+) -> Result<(Report, Change), ReportError> {
+    let village =
+        VillageCode::parse("6302010001").map_err(|e| ReportError::NotAReport(e.to_string()))?;
+    let new = NewReport {
+        kind: ReportKind::Incident,
+        village,
+        created_at: "2026-11-28T08:00:00Z".into(),
+        created_by: device.to_string(),
+    };
+    Report::create(id, &new, &sample_fields(title), &volunteer(device))
+}
+
 /// One stored report of the [`MemoryServer`].
 #[derive(Debug, Clone)]
 pub struct StoredReport {
@@ -87,8 +128,12 @@ impl MemoryServer {
         role: Role,
     ) -> HashMap<ChangeHash, Verdict> {
         self.clock_ms += 1;
-        let mut stored = self.reports.get(&id).cloned();
-        let mut doc = stored.as_ref().map(|s| s.doc.clone()).unwrap_or_default();
+        // Take the report out (no copy); it goes back below with the admitted state.
+        let mut stored = self.reports.remove(&id);
+        let mut doc = stored
+            .as_mut()
+            .map(|s| std::mem::take(&mut s.doc))
+            .unwrap_or_default();
         let mut all = self.held.remove(&id).unwrap_or_default();
         let pending: HashSet<ChangeHash> = all.iter().map(Change::hash).collect();
         all.extend(changes.into_iter().filter(|c| !pending.contains(&c.hash())));
@@ -119,10 +164,11 @@ impl MemoryServer {
                         heads: doc.get_heads().iter().map(|h| h.0).collect(),
                     },
                 );
-                entry.doc = doc;
             }
         }
-        if let Some(entry) = stored {
+        // admit leaves `doc` as the new state (refused and held changes are not in it).
+        if let Some(mut entry) = stored {
+            entry.doc = doc;
             self.reports.insert(id, entry);
         }
         admission.verdicts

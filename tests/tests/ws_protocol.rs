@@ -10,9 +10,7 @@ use sync_core::automerge::sync::{State, SyncDoc};
 use sync_core::automerge::Automerge;
 use sync_core::protocol::repo::{PeerMetadata, RepoMessage};
 use sync_core::protocol::{Bytes, SyncRequest, Upload};
-use sync_core::{
-    DeviceId, Edit, FieldPath, NewReport, Report, ReportId, ReportKind, Role, VillageCode, Writer,
-};
+use sync_core::{DeviceId, ReportId};
 use tokio_tungstenite::tungstenite::Message;
 
 type Socket =
@@ -69,29 +67,9 @@ async fn join(socket: &mut Socket, peer: &str) -> RepoMessage {
 }
 
 fn incident(id: ReportId) -> sync_core::automerge::Change {
-    let device = DeviceId::from_bytes([7; 16]);
-    let writer = Writer {
-        actor: device.actor(0),
-        role: Role::Volunteer,
-        time: 1,
-    };
-    let new = NewReport {
-        kind: ReportKind::Incident,
-        village: VillageCode::parse("6302010001").unwrap(),
-        created_at: "2026-11-28T08:00:00Z".into(),
-        created_by: device.to_string(),
-    };
-    let fields = [
-        Edit::Set {
-            path: FieldPath::root("category"),
-            value: "other".into(),
-        },
-        Edit::Set {
-            path: FieldPath::root("title"),
-            value: "arrives later".into(),
-        },
-    ];
-    Report::create(id, &new, &fields, &writer).unwrap().1
+    sync_core::sim::sample_incident(id, DeviceId::from_bytes([7; 16]), "arrives later")
+        .unwrap()
+        .1
 }
 
 #[tokio::test]

@@ -384,35 +384,14 @@ impl FeedBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        DeviceId, Edit, FieldPath, NewReport, Report, ReportKind, Role, VillageCode, Writer,
-    };
+    use crate::{DeviceId, Edit, FieldPath};
 
     fn changes(n: usize) -> Vec<Change> {
         let device = DeviceId::from_bytes([1; 16]);
-        let writer = Writer {
-            actor: device.actor(0),
-            role: Role::Volunteer,
-            time: 0,
-        };
-        let new = NewReport {
-            kind: ReportKind::Incident,
-            village: VillageCode::parse("6302010001").expect("village"),
-            created_at: "2026-11-28T08:00:00Z".into(),
-            created_by: device.to_string(),
-        };
-        let fields = [
-            Edit::Set {
-                path: FieldPath::root("category"),
-                value: "other".into(),
-            },
-            Edit::Set {
-                path: FieldPath::root("title"),
-                value: "t".into(),
-            },
-        ];
+        let writer = crate::sim::volunteer(device);
         let (mut report, first) =
-            Report::create(ReportId::from_bytes([2; 16]), &new, &fields, &writer).expect("create");
+            crate::sim::sample_incident(ReportId::from_bytes([2; 16]), device, "t")
+                .expect("create");
         let mut out = vec![first];
         for i in 0..n {
             let edit = Edit::Append {
