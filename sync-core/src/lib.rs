@@ -33,6 +33,7 @@ pub mod report;
 pub mod rules;
 pub mod schema;
 pub mod sim;
+mod token;
 pub mod view;
 mod village;
 
@@ -43,4 +44,5 @@ pub use kind::ReportKind;
 pub use path::FieldPath;
 pub use report::{NewReport, Report, ReportError, Writer};
 pub use rules::{Refusal, RefusalCode, Role, Verdict};
+pub use token::{DeviceToken, TokenError, Verifier, TOKEN_PREFIX};
 pub use village::{all_villages, DistrictCode, Village, VillageCode, VillageError};
