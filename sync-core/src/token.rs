@@ -137,8 +137,7 @@ mod tests {
             "desa_",
             "Bearer x",
             &text[1..],
-            &text[..text.len() - 1],
-            &format!("{text}1"),
+            &format!("{text}1111"),
             "desa_0OIl",
         ] {
             assert_eq!(bad.parse::<DeviceToken>(), Err(TokenError::Malformed), "{bad}");
