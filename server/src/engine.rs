@@ -15,9 +15,12 @@ use lru::LruCache;
 use sync_core::automerge::{Automerge, Change, ChangeHash};
 use sync_core::protocol::server::{self as steps, FeedBuilder, Receipt};
 use sync_core::protocol::{Bytes, Position, Rebuild, SyncRequest, SyncResponse, WireError};
-use sync_core::rules::{Role, Verdict};
+use sync_core::rules::Verdict;
 use sync_core::{Report, ReportId, ReportKind, VillageCode};
 
+use crate::audit::{Action, AuditEvent};
+use crate::auth::Principal;
+pub use crate::ingest::Via;
 use crate::ingest::{Ingestor, Judged};
 use crate::store::{ReportRow, Store, StoreError, StoredDoc};
 
@@ -48,6 +51,9 @@ pub enum EngineError {
     /// The edit itself is malformed.
     #[error("{0}")]
     BadEdit(String),
+    /// The caller may not do this (a village outside their scope, a role that does not sync).
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 /// A report's working state: the document and what the store keeps beside it.
@@ -151,7 +157,7 @@ impl Engine {
         }
         let n = batches.len();
         if n > 0 {
-            self.ingest(batches, Role::Server)?;
+            self.ingest(batches, &Principal::server(), Via::Server)?;
         }
         Ok(n)
     }
@@ -160,19 +166,34 @@ impl Engine {
     pub fn ingest(
         &self,
         batches: Vec<(ReportId, Vec<Change>)>,
-        role: Role,
+        principal: &Principal,
+        via: Via,
     ) -> Result<Judged, EngineError> {
-        self.ingestor.submit(batches, role)
+        self.ingestor.submit(batches, principal, via)
     }
 
-    /// Answer one sync request (the body of `POST /api/v1/sync`).
-    pub fn sync(&self, body: &[u8], role: Role) -> Result<Vec<u8>, EngineError> {
+    /// Answer one sync request (the body of `POST /api/v1/sync`) from `principal`: its uploads are
+    /// judged with the principal's access, and only scopes (villages) it covers may be asked for.
+    pub fn sync(&self, body: &[u8], principal: &Principal) -> Result<Vec<u8>, EngineError> {
+        let access = &principal.access;
+        if !access.may_write() {
+            return Err(EngineError::Forbidden(format!(
+                "the {} role does not sync reports",
+                access.role()
+            )));
+        }
         let request = SyncRequest::decode(body)?;
         let plan = steps::plan(&request)?;
+        if let Some((_, village, _)) = plan.positions().iter().find(|(_, v, _)| !access.covers(*v))
+        {
+            return Err(EngineError::Forbidden(format!(
+                "village {village} is not one of your villages"
+            )));
+        }
         let judged = if plan.reports().is_empty() {
             HashMap::new()
         } else {
-            self.ingest(plan.reports().to_vec(), role)?
+            self.ingest(plan.reports().to_vec(), principal, Via::Sync)?
         };
         let verdicts = plan.verdicts(&judged);
         let mut rebuilds = Vec::new();
@@ -193,6 +214,21 @@ impl Engine {
         let mut feeds = Vec::new();
         for (scope, village, position) in plan.positions() {
             feeds.push(self.feed(*scope, *village, *position, &uploaded)?);
+        }
+        let sent: Vec<String> = feeds
+            .iter()
+            .flat_map(|f| f.items.iter().map(|i| i.report.to_string()))
+            .collect();
+        if !sent.is_empty() {
+            // Who downloaded which report. A sync with nothing new writes nothing.
+            self.shared.store.append_audit(&[AuditEvent::now(
+                principal.who(),
+                Action::Read {
+                    via: "sync".into(),
+                    reports: sent,
+                    redacted: false,
+                },
+            )])?;
         }
         Ok(SyncResponse {
             verdicts,
@@ -269,6 +305,7 @@ impl Engine {
         id: ReportId,
         edits: &[sync_core::Edit],
         writer: &sync_core::Writer,
+        principal: &Principal,
     ) -> Result<Option<ChangeHash>, EngineError> {
         let working = self
             .working(&id)?
@@ -283,7 +320,7 @@ impl Engine {
             Err(e) => return Err(EngineError::BadEdit(e.to_string())),
         };
         let hash = change.hash();
-        let judged = self.ingest(vec![(id, vec![change])], writer.role)?;
+        let judged = self.ingest(vec![(id, vec![change])], principal, Via::Api)?;
         match judged.get(&id).and_then(|v| v.get(&hash)) {
             Some(Verdict::Accepted) => Ok(Some(hash)),
             Some(Verdict::Refused(r)) => Err(EngineError::Refused(r.clone())),

@@ -25,6 +25,12 @@ pub enum ApiError {
     /// The change was refused by the rules (422).
     #[error("{0}")]
     Refused(String),
+    /// No valid token (401). The detail says which kind of failure, never the token.
+    #[error("authentication required: {0}")]
+    Unauthorized(crate::auth::AuthFailure),
+    /// Authenticated, but the caller's role or villages do not allow this (403).
+    #[error("{0}")]
+    Forbidden(String),
     /// No such resource (404).
     #[error("{0}")]
     NotFound(String),
@@ -41,6 +47,8 @@ impl ApiError {
             ApiError::Unprocessable(_) => "unprocessable",
             ApiError::Refused(_) => "refused",
             ApiError::NotFound(_) => "not_found",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -53,6 +61,8 @@ impl ResponseError for ApiError {
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unprocessable(_) | ApiError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -61,7 +71,14 @@ impl ResponseError for ApiError {
         if let ApiError::Internal(detail) = self {
             tracing::error!(%detail, "request failed");
         }
-        HttpResponse::build(self.status_code()).json(serde_json::json!({
+        let mut answer = HttpResponse::build(self.status_code());
+        if let ApiError::Unauthorized(_) = self {
+            answer.insert_header((
+                actix_web::http::header::WWW_AUTHENTICATE,
+                "Bearer realm=\"desa-sync\"",
+            ));
+        }
+        answer.json(serde_json::json!({
             "error": self.code(),
             "detail": self.to_string(),
         }))
@@ -77,6 +94,7 @@ impl From<EngineError> for ApiError {
             }
             EngineError::Plan(p) => ApiError::BadRequest(p.to_string()),
             EngineError::NotFound(id) => ApiError::NotFound(format!("no report {id}")),
+            EngineError::Forbidden(why) => ApiError::Forbidden(why),
             EngineError::Refused(r) => ApiError::Refused(r.to_string()),
             EngineError::BadEdit(e) => ApiError::BadRequest(e),
             e @ (EngineError::Store(_) | EngineError::Corrupt(..) | EngineError::Poisoned) => {

@@ -14,9 +14,11 @@ use std::sync::Arc;
 
 use sync_core::automerge::{Change, ChangeHash};
 use sync_core::protocol::server::{self as steps, Receipt};
-use sync_core::rules::{self, Role, Verdict};
+use sync_core::rules::{self, Verdict};
 use sync_core::ReportId;
 
+use crate::audit::{Action, AuditEvent};
+use crate::auth::Principal;
 use crate::engine::{load_working, materialized_row, now_ms, EngineError, Shared, Working};
 use crate::store::{Commit, ReportWrite, COMPACT_AFTER};
 
@@ -34,8 +36,33 @@ type Reply = mpsc::SyncSender<Result<Judged, EngineError>>;
 
 struct Job {
     batches: Vec<(ReportId, Vec<Change>)>,
-    role: Role,
+    principal: Principal,
+    via: Via,
     reply: Reply,
+}
+
+/// How changes arrived, for the audit trail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// `POST /api/v1/sync`.
+    Sync,
+    /// The automerge-repo WebSocket.
+    Ws,
+    /// A coordinator's edit through the API.
+    Api,
+    /// The server's own writes (village profiles).
+    Server,
+}
+
+impl Via {
+    fn as_str(self) -> &'static str {
+        match self {
+            Via::Sync => "sync",
+            Via::Ws => "ws",
+            Via::Api => "api",
+            Via::Server => "server",
+        }
+    }
 }
 
 /// The handle requests use to reach the writer thread.
@@ -57,13 +84,15 @@ impl Ingestor {
     pub fn submit(
         &self,
         batches: Vec<(ReportId, Vec<Change>)>,
-        role: Role,
+        principal: &Principal,
+        via: Via,
     ) -> Result<Judged, EngineError> {
         let (reply, answer) = mpsc::sync_channel(1);
         self.jobs
             .send(Job {
                 batches,
-                role,
+                principal: principal.clone(),
+                via,
                 reply,
             })
             .map_err(|_| EngineError::Poisoned)?;
@@ -121,6 +150,7 @@ fn commit_group(shared: &Shared, group: Vec<Job>) {
     let mut staged: HashMap<ReportId, Staged> = HashMap::new();
     let mut order: Vec<ReportId> = Vec::new();
     let mut answers: Vec<(Reply, Result<Judged, EngineError>)> = Vec::new();
+    let mut audit: Vec<AuditEvent> = Vec::new();
     for job in group {
         // Load everything the job touches first: a damaged report fails this job only.
         let loaded = job.batches.iter().try_for_each(|(id, _)| {
@@ -152,8 +182,34 @@ fn commit_group(shared: &Shared, group: Vec<Job>) {
             let waiting: HashSet<ChangeHash> = s.working.held.iter().map(Change::hash).collect();
             let mut all = std::mem::take(&mut s.working.held);
             all.extend(changes.into_iter().filter(|c| !waiting.contains(&c.hash())));
-            let admission = rules::admit(&mut s.working.doc, id, all, job.role);
+            let before = s.working.doc.get_heads();
+            let admission = rules::admit(&mut s.working.doc, id, all, &job.principal.access);
             s.working.held = admission.held;
+            let refused: Vec<String> = admission
+                .verdicts
+                .iter()
+                .filter_map(|(h, v)| match v {
+                    Verdict::Refused(r) => Some(format!("{h}: {}", r.code.as_str())),
+                    _ => None,
+                })
+                .collect();
+            if !admission.applied.is_empty() || !refused.is_empty() {
+                let after = s.working.doc.get_heads();
+                audit.push(AuditEvent::now(
+                    job.principal.who(),
+                    Action::Write {
+                        report: id.to_string(),
+                        changes: admission
+                            .applied
+                            .iter()
+                            .map(|c| c.hash().to_string())
+                            .collect(),
+                        fields: crate::view::fields_between(&s.working.doc, &before, &after),
+                        refused,
+                        via: job.via.as_str().into(),
+                    },
+                ));
+            }
             if !admission.applied.is_empty() {
                 s.applied.extend(admission.applied);
                 s.state = admission.state;
@@ -163,11 +219,12 @@ fn commit_group(shared: &Shared, group: Vec<Job>) {
         answers.push((job.reply, Ok(judged)));
     }
 
-    let commit = match build_commit(&mut staged, &order, seq, now) {
+    let mut commit = match build_commit(&mut staged, &order, seq, now) {
         Ok(commit) => commit,
         Err(e) => return fail(answers, e),
     };
-    if !commit.writes.is_empty() || !commit.held.is_empty() {
+    commit.audit = audit;
+    if !commit.writes.is_empty() || !commit.held.is_empty() || !commit.audit.is_empty() {
         if let Err(e) = shared.store.commit(&commit) {
             // The staged documents are dropped: the cache never runs ahead of the store.
             return fail(answers, e.into());

@@ -10,6 +10,9 @@
 //! * `GET /api/v1/reports`, `GET|PATCH /api/v1/reports/{id}`, `GET /api/v1/villages`,
 //!   `GET /api/v1/schemas/{kind}`, `GET /healthz` — the coordinators' API (`docs/api.md`).
 
+pub mod admin;
+pub mod audit;
+pub mod auth;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -8,9 +8,11 @@ use serde_json::json;
 use serde_json::value::RawValue;
 use sync_core::{DistrictCode, Edit, FieldPath, ReportKind, Role, VillageCode};
 
+use crate::audit::{Action, AuditEvent};
+use crate::auth::{Caller, Principal};
 use crate::engine::Engine;
 use crate::error::ApiError;
-use crate::store::ReportQuery;
+use crate::store::{ReportQuery, ReportRow, Store};
 use crate::view::{parse_id, rfc3339_ms, ReportItem, ReportView};
 
 /// Request limits.
@@ -31,8 +33,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/api/v1/reports", web::get().to(list_reports))
         .route("/api/v1/reports/{id}", web::get().to(get_report))
         .route("/api/v1/reports/{id}", web::patch().to(patch_report))
+        .route("/api/v1/export", web::get().to(export))
         .route("/api/v1/villages", web::get().to(villages))
         .route("/api/v1/schemas/{kind}", web::get().to(schema))
+        .route("/api/v1/audit", web::get().to(audit_log))
+        .route("/api/v1/me", web::get().to(me))
         .route("/ws", web::get().to(crate::ws::route));
 }
 
@@ -45,6 +50,7 @@ async fn healthz(engine: web::Data<Engine>) -> Result<HttpResponse, ApiError> {
 }
 
 async fn sync(
+    caller: Caller,
     engine: web::Data<Engine>,
     limits: web::Data<Limits>,
     req: HttpRequest,
@@ -65,7 +71,13 @@ async fn sync(
         .map_err(|_| ApiError::TooLarge { limit })?
         .map_err(|e| ApiError::BadRequest(format!("reading body: {e}")))?;
     let engine = engine.into_inner();
-    let answer = web::block(move || engine.sync(&body, Role::Volunteer)).await??;
+    if !caller.access.may_write() {
+        return Err(ApiError::Forbidden(format!(
+            "the {} role does not sync reports",
+            caller.role()
+        )));
+    }
+    let answer = web::block(move || engine.sync(&body, &caller)).await??;
     Ok(HttpResponse::Ok()
         .content_type("application/octet-stream")
         .body(answer))
@@ -110,87 +122,254 @@ fn parse_cursor(text: &str) -> Result<(u64, sync_core::ReportId), ApiError> {
     ))
 }
 
+/// Refuse callers who may not read report contents (admins).
+fn require_reader(caller: &Principal) -> Result<(), ApiError> {
+    if caller.access.may_read() {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "the {} role reads no report contents",
+            caller.role()
+        )))
+    }
+}
+
+/// Record a read in the audit trail before anything is answered.
+async fn audit(
+    store: &std::sync::Arc<dyn Store>,
+    caller: &Principal,
+    action: Action,
+) -> Result<(), ApiError> {
+    let store = store.clone();
+    let event = AuditEvent::now(caller.who(), action);
+    web::block(move || store.append_audit(&[event]))
+        .await?
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// A row's document as the caller may see it, and what was withheld (analysts).
+fn visible_document(
+    caller: &Principal,
+    row: &ReportRow,
+) -> Result<(Box<RawValue>, Option<Vec<String>>), ApiError> {
+    let internal = |e: serde_json::Error| ApiError::Internal(e.to_string());
+    if caller.access.sees_sensitive() {
+        return Ok((
+            RawValue::from_string(row.json.clone()).map_err(internal)?,
+            None,
+        ));
+    }
+    let mut value: serde_json::Value = serde_json::from_str(&row.json).map_err(internal)?;
+    let redacted = sync_core::redact::redact(row.kind, &mut value);
+    let text = serde_json::to_string(&value).map_err(internal)?;
+    Ok((
+        RawValue::from_string(text).map_err(internal)?,
+        Some(redacted),
+    ))
+}
+
+impl ListParams {
+    fn query(&self, limit: usize) -> Result<ReportQuery, ApiError> {
+        let unprocessable = |e: sync_core::VillageError| ApiError::Unprocessable(e.to_string());
+        Ok(ReportQuery {
+            village: self
+                .village
+                .as_deref()
+                .map(VillageCode::parse)
+                .transpose()
+                .map_err(unprocessable)?,
+            district: self
+                .district
+                .as_deref()
+                .map(DistrictCode::parse)
+                .transpose()
+                .map_err(unprocessable)?,
+            kind: self
+                .kind
+                .as_deref()
+                .map(str::parse::<ReportKind>)
+                .transpose()
+                .map_err(bad)?,
+            status: self.status.clone(),
+            updated_since: self.updated_since.as_deref().map(parse_time).transpose()?,
+            after: self.cursor.as_deref().map(parse_cursor).transpose()?,
+            limit,
+        })
+    }
+}
+
+/// Run a query within the caller's villages: a volunteer's query runs once per village of theirs
+/// (the village filter, if given, must be one of them) and the pages are merged in order.
+fn scoped_query(
+    store: &dyn Store,
+    caller: &Principal,
+    query: &ReportQuery,
+) -> Result<Vec<ReportRow>, ApiError> {
+    let internal = |e: crate::store::StoreError| ApiError::Internal(e.to_string());
+    let Some(villages) = caller.access.villages() else {
+        return store.query(query).map_err(internal);
+    };
+    let mut rows = Vec::new();
+    for village in villages {
+        let in_filter = query.village.is_none_or(|v| v == *village)
+            && query.district.is_none_or(|d| d == village.district());
+        if in_filter {
+            let mut q = query.clone();
+            q.village = Some(*village);
+            rows.extend(store.query(&q).map_err(internal)?);
+        }
+    }
+    rows.sort_by_key(|r| (r.last_seq, r.id));
+    rows.truncate(query.limit);
+    Ok(rows)
+}
+
 async fn list_reports(
+    caller: Caller,
     engine: web::Data<Engine>,
     params: web::Query<ListParams>,
 ) -> Result<HttpResponse, ApiError> {
+    require_reader(&caller)?;
     let p = params.into_inner();
-    let unprocessable = |e: sync_core::VillageError| ApiError::Unprocessable(e.to_string());
-    let query = ReportQuery {
-        village: p
-            .village
-            .as_deref()
-            .map(VillageCode::parse)
-            .transpose()
-            .map_err(unprocessable)?,
-        district: p
-            .district
-            .as_deref()
-            .map(DistrictCode::parse)
-            .transpose()
-            .map_err(unprocessable)?,
-        kind: p
-            .kind
-            .as_deref()
-            .map(str::parse::<ReportKind>)
-            .transpose()
-            .map_err(bad)?,
-        status: p.status,
-        updated_since: p.updated_since.as_deref().map(parse_time).transpose()?,
-        after: p.cursor.as_deref().map(parse_cursor).transpose()?,
-        limit: p.limit.unwrap_or(LIST_DEFAULT).clamp(1, LIST_MAX) + 1,
-    };
+    let query = p.query(p.limit.unwrap_or(LIST_DEFAULT).clamp(1, LIST_MAX) + 1)?;
     let store = engine.store().clone();
-    let q = query.clone();
-    let mut rows = web::block(move || store.query(&q))
-        .await?
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (q, who) = (query.clone(), caller.clone());
+    let mut rows = web::block(move || scoped_query(store.as_ref(), &who, &q)).await??;
     let more = rows.len() == query.limit;
     if more {
         rows.pop();
     }
     let documents = rows
         .iter()
-        .map(|r| {
-            RawValue::from_string(r.json.clone()).map_err(|e| ApiError::Internal(e.to_string()))
-        })
+        .map(|r| visible_document(&caller, r))
         .collect::<Result<Vec<_>, _>>()?;
     let items: Vec<ReportItem<'_>> = rows
         .iter()
         .zip(&documents)
-        .map(|(r, d)| ReportItem::new(r, d))
+        .map(|(r, (d, redacted))| ReportItem::new(r, d).with_redacted(redacted.clone()))
         .collect();
     let next_cursor = more
         .then(|| rows.last().map(|r| format!("{}.{}", r.last_seq, r.id)))
         .flatten();
+    audit(
+        engine.store(),
+        &caller,
+        Action::Read {
+            via: "GET /api/v1/reports".into(),
+            reports: rows.iter().map(|r| r.id.to_string()).collect(),
+            redacted: !caller.access.sees_sensitive(),
+        },
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(json!({ "items": items, "next_cursor": next_cursor })))
 }
 
+/// `GET /api/v1/export`: every report the caller may read that matches the filters of the list
+/// endpoint, as JSON lines (one report per line), redacted for analysts. Audited as an export.
+async fn export(
+    caller: Caller,
+    engine: web::Data<Engine>,
+    params: web::Query<ListParams>,
+) -> Result<HttpResponse, ApiError> {
+    require_reader(&caller)?;
+    let p = params.into_inner();
+    let mut query = p.query(LIST_MAX)?;
+    let store = engine.store().clone();
+    let who = caller.clone();
+    let rows = web::block(move || -> Result<Vec<ReportRow>, ApiError> {
+        let mut all = Vec::new();
+        loop {
+            let page = scoped_query(store.as_ref(), &who, &query)?;
+            let done = page.len() < query.limit;
+            query.after = page.last().map(|r| (r.last_seq, r.id));
+            all.extend(page);
+            if done {
+                return Ok(all);
+            }
+        }
+    })
+    .await??;
+    let mut body = String::new();
+    for row in &rows {
+        let (document, redacted) = visible_document(&caller, row)?;
+        let item = ReportItem::new(row, &document).with_redacted(redacted);
+        body.push_str(
+            &serde_json::to_string(&item).map_err(|e| ApiError::Internal(e.to_string()))?,
+        );
+        body.push('\n');
+    }
+    audit(
+        engine.store(),
+        &caller,
+        Action::Export {
+            query: p.describe(),
+            reports: rows.iter().map(|r| r.id.to_string()).collect(),
+            redacted: !caller.access.sees_sensitive(),
+        },
+    )
+    .await?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/x-ndjson")
+        .body(body))
+}
+
+impl ListParams {
+    /// The filters, for the audit trail.
+    fn describe(&self) -> String {
+        let parts = [
+            ("village", &self.village),
+            ("district", &self.district),
+            ("kind", &self.kind),
+            ("status", &self.status),
+            ("updated_since", &self.updated_since),
+        ];
+        parts
+            .iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
+            .collect::<Vec<_>>()
+            .join("&")
+    }
+}
+
 async fn get_report(
+    caller: Caller,
     engine: web::Data<Engine>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    require_reader(&caller)?;
     let id = parse_id(&path)?;
     let engine = engine.into_inner();
+    let (store, who) = (engine.store().clone(), caller.clone());
     let body = web::block(move || -> Result<String, ApiError> {
+        let not_found = || ApiError::NotFound(format!("no report {id}"));
         let row = engine
             .store()
             .row(&id)
             .map_err(|e| ApiError::Internal(e.to_string()))?;
-        let row = row.ok_or_else(|| ApiError::NotFound(format!("no report {id}")))?;
-        let working = engine
-            .working(&id)?
-            .ok_or_else(|| ApiError::NotFound(format!("no report {id}")))?;
+        // Outside the caller's villages answers exactly as a report that does not exist.
+        let row = row
+            .filter(|r| who.access.covers(r.village))
+            .ok_or_else(not_found)?;
+        let working = engine.working(&id)?.ok_or_else(not_found)?;
         let receipts = engine
             .store()
             .change_receipts(&id)
             .map_err(|e| ApiError::Internal(e.to_string()))?;
-        let document = RawValue::from_string(row.json.clone())
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        let view = ReportView::new(&row, &document, &working.doc, &receipts);
+        let (document, redacted) = visible_document(&who, &row)?;
+        let view = ReportView::new(&row, &document, &working.doc, &receipts, redacted);
         serde_json::to_string(&view).map_err(|e| ApiError::Internal(e.to_string()))
     })
     .await??;
+    audit(
+        &store,
+        &caller,
+        Action::Read {
+            via: "GET /api/v1/reports/{id}".into(),
+            reports: vec![id.to_string()],
+            redacted: !caller.access.sees_sensitive(),
+        },
+    )
+    .await?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .body(body))
@@ -204,17 +383,23 @@ struct Patch {
     note: Option<String>,
 }
 
-/// The device id under which API edits are written until accounts exist (issue 5 replaces it with
-/// the authenticated coordinator's device): fixed, so history shows "the office".
-pub fn office_device() -> sync_core::DeviceId {
-    sync_core::DeviceId::from_bytes(*b"desa-sync-office")
-}
+/// The actor generation of edits made through the API: the coordinator's device writes with it, so
+/// API edits and the same device's own syncs never share an actor (and so never a sequence number).
+pub const API_GENERATION: u32 = u32::MAX;
 
 async fn patch_report(
+    caller: Caller,
     engine: web::Data<Engine>,
     path: web::Path<String>,
     body: web::Json<Patch>,
 ) -> Result<HttpResponse, ApiError> {
+    if caller.role() != Role::Coordinator {
+        // Refused before the id is even looked at: a volunteer learns nothing about which ids exist.
+        return Err(ApiError::Forbidden(format!(
+            "only coordinators change reports through the API, not the {} role",
+            caller.role()
+        )));
+    }
     let id = parse_id(&path)?;
     let patch = body.into_inner();
     let now = crate::engine::now_ms();
@@ -230,7 +415,7 @@ async fn patch_report(
             list: FieldPath::root("notes"),
             item: json!({
                 "id": uuid::Uuid::new_v4().simple().to_string(),
-                "author": "coordinator",
+                "author": caller.user,
                 "at": rfc3339_ms(now),
                 "text": text,
             }),
@@ -240,12 +425,12 @@ async fn patch_report(
         return Err(bad("nothing to change: give \"status\" and/or \"note\""));
     }
     let writer = sync_core::Writer {
-        actor: office_device().actor(0),
+        actor: caller.device.actor(API_GENERATION),
         role: Role::Coordinator,
         time: now / 1000,
     };
     let engine = engine.into_inner();
-    let changed = web::block(move || engine.edit(id, &edits, &writer)).await??;
+    let changed = web::block(move || engine.edit(id, &edits, &writer, &caller)).await??;
     Ok(HttpResponse::Ok().json(json!({
         "id": id.to_string(),
         "change": changed.map(|h| h.to_string()),
@@ -253,7 +438,7 @@ async fn patch_report(
     })))
 }
 
-async fn villages(engine: web::Data<Engine>) -> Result<HttpResponse, ApiError> {
+async fn villages(caller: Caller, engine: web::Data<Engine>) -> Result<HttpResponse, ApiError> {
     let store = engine.store().clone();
     let counts = web::block(move || store.village_counts())
         .await?
@@ -267,7 +452,11 @@ async fn villages(engine: web::Data<Engine>) -> Result<HttpResponse, ApiError> {
     }
     let list: Vec<_> = sync_core::all_villages()
         .map(|v| {
-            let by_kind = per_village.remove(&v.code).unwrap_or_default();
+            // Counts only where the caller may read reports.
+            let by_kind = per_village
+                .remove(&v.code)
+                .filter(|_| caller.access.covers(v.code))
+                .unwrap_or_default();
             json!({
                 "code": v.code.to_string(),
                 "name": v.name,
@@ -282,13 +471,68 @@ async fn villages(engine: web::Data<Engine>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(list))
 }
 
-async fn schema(path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn schema(_caller: Caller, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let kind: ReportKind = path
         .parse()
         .map_err(|e: sync_core::kind::UnknownKind| ApiError::NotFound(e.to_string()))?;
     Ok(HttpResponse::Ok()
         .content_type("application/schema+json")
         .body(sync_core::schema::schema_text(kind)))
+}
+
+/// `GET /api/v1/me`: who the token belongs to (lets a device check its token and learn its
+/// villages).
+async fn me(caller: Caller) -> HttpResponse {
+    HttpResponse::Ok().json(json!({
+        "user": caller.user,
+        "role": caller.role().as_str(),
+        "device": caller.device.to_string(),
+        "villages": caller.access.villages().map(|v| v.iter().map(ToString::to_string).collect::<Vec<_>>()),
+    }))
+}
+
+#[derive(Deserialize)]
+struct AuditParams {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/audit?after=SEQ&limit=N`: the audit trail, for admins.
+async fn audit_log(
+    caller: Caller,
+    engine: web::Data<Engine>,
+    params: web::Query<AuditParams>,
+) -> Result<HttpResponse, ApiError> {
+    if caller.role() != Role::Admin {
+        return Err(ApiError::Forbidden(format!(
+            "only admins read the audit trail, not the {} role",
+            caller.role()
+        )));
+    }
+    let after = params.after.unwrap_or(0);
+    let limit = params.limit.unwrap_or(LIST_DEFAULT).clamp(1, LIST_MAX);
+    let store = engine.store().clone();
+    let entries = web::block(move || store.audit_entries(after, limit))
+        .await?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let items = entries
+        .iter()
+        .map(|e| {
+            let record: serde_json::Value = serde_json::from_str(&e.record)
+                .unwrap_or_else(|_| serde_json::Value::String(e.record.clone()));
+            json!({"seq": e.seq, "record": record, "mac": crate::audit::hex(&e.mac)})
+        })
+        .collect::<Vec<_>>();
+    audit(
+        engine.store(),
+        &caller,
+        Action::AuditRead { count: items.len() },
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "items": items,
+        "next_after": entries.last().map(|e| e.seq),
+    })))
 }
 
 /// Turns a rejected JSON body into the API's error shape.

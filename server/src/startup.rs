@@ -7,6 +7,7 @@ use std::sync::Arc;
 use actix_web::dev::Server;
 use actix_web::{middleware, web, App, HttpServer};
 
+use crate::auth::Directory;
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::routes::{self, Limits};
@@ -39,6 +40,9 @@ pub enum StartError {
     },
 }
 
+/// How often the users and devices are re-read (a revocation takes effect within this).
+const DIRECTORY_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// A built, not yet running, server.
 pub struct Application {
     port: u16,
@@ -67,7 +71,23 @@ impl Application {
             path: db.display().to_string(),
             source,
         })?;
-        let engine = Engine::new(Arc::new(store), settings.cache_reports)
+        let store: Arc<dyn crate::store::Store> = Arc::new(store);
+        let directory =
+            Arc::new(
+                Directory::load(store.clone()).map_err(|source| StartError::Store {
+                    path: db.display().to_string(),
+                    source,
+                })?,
+            );
+        if directory.is_empty() {
+            tracing::warn!(
+                "no users yet: create the first admin with `desa-server user add NAME --role admin` \
+                 and give devices tokens with `desa-server device add NAME`"
+            );
+        }
+        crate::auth::watch(directory.clone(), DIRECTORY_POLL)
+            .map_err(|e| StartError::Config(format!("starting the directory watcher: {e}")))?;
+        let engine = Engine::new(store, settings.cache_reports)
             .map_err(|e| StartError::Config(format!("starting the writer thread: {e}")))?;
         let created = engine.seed_village_profiles()?;
         if created > 0 {
@@ -85,6 +105,7 @@ impl Application {
             })?
             .port();
         let engine = web::Data::new(engine);
+        let directory = web::Data::from(directory);
         // The server's automerge-repo storage id: new at each start (peers then re-check what they
         // share with it once, rather than trust state from a server that may have been restored).
         let hub = web::Data::new(crate::ws::Hub::new(uuid::Uuid::new_v4().to_string()));
@@ -99,6 +120,7 @@ impl Application {
                 .wrap(middleware::Logger::new("%a \"%U\" %s %b %Dms"))
                 .app_data(engine.clone())
                 .app_data(hub.clone())
+                .app_data(directory.clone())
                 .app_data(limits.clone())
                 .app_data(
                     web::JsonConfig::default()

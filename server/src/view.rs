@@ -33,6 +33,9 @@ pub struct ReportItem<'a> {
     updated_at: String,
     seq: u64,
     document: &'a RawValue,
+    /// For callers who do not see sensitive fields: the paths withheld from `document`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redacted: Option<Vec<String>>,
 }
 
 impl<'a> ReportItem<'a> {
@@ -52,7 +55,14 @@ impl<'a> ReportItem<'a> {
             updated_at: rfc3339_ms(row.updated_at),
             seq: row.last_seq,
             document,
+            redacted: None,
         }
+    }
+
+    /// Say which paths were withheld from the document (`None`: nothing was redacted).
+    pub fn with_redacted(mut self, redacted: Option<Vec<String>>) -> Self {
+        self.redacted = redacted;
+        self
     }
 }
 
@@ -92,11 +102,28 @@ impl<'a> ReportView<'a> {
         document: &'a RawValue,
         doc: &Automerge,
         receipts: &[ChangeReceipt],
+        redacted: Option<Vec<String>>,
     ) -> Self {
+        let mut conflicts = sync_core::view::conflicts(doc);
+        let mut redacted = redacted;
+        if let Some(withheld) = redacted.as_mut() {
+            // The concurrent values of a sensitive field are as sensitive as the winner.
+            for conflict in &mut conflicts {
+                for value in &mut conflict.values {
+                    withheld.extend(sync_core::redact::redact_at(
+                        row.kind,
+                        &conflict.path,
+                        &mut value.value,
+                    ));
+                }
+            }
+            withheld.sort();
+            withheld.dedup();
+        }
         ReportView {
-            item: ReportItem::new(row, document),
+            item: ReportItem::new(row, document).with_redacted(redacted),
             heads: doc.get_heads().iter().map(|h| h.to_string()).collect(),
-            conflicts: sync_core::view::conflicts(doc),
+            conflicts,
             history: history(doc, receipts),
         }
     }
@@ -130,8 +157,17 @@ fn fields_touched(
     deps: &[sync_core::automerge::ChangeHash],
     hash: sync_core::automerge::ChangeHash,
 ) -> Vec<String> {
+    fields_between(doc, deps, &[hash])
+}
+
+/// Dotted paths (field, and list item) of what changed between two sets of heads of `doc`.
+pub fn fields_between(
+    doc: &Automerge,
+    before: &[sync_core::automerge::ChangeHash],
+    after: &[sync_core::automerge::ChangeHash],
+) -> Vec<String> {
     let mut fields = BTreeSet::new();
-    for patch in doc.diff(deps, &[hash]) {
+    for patch in doc.diff(before, after) {
         let mut path: Vec<String> = patch.path.iter().map(|(_, p)| prop_text(p)).collect();
         match &patch.action {
             PatchAction::PutMap { key, .. } | PatchAction::DeleteMap { key } => {

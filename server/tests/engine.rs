@@ -5,6 +5,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use desa_server::audit::AuditKey;
+use desa_server::auth::Principal;
 use desa_server::engine::Engine;
 use desa_server::store::sqlite::SqliteStore;
 use serde_json::json;
@@ -12,10 +14,29 @@ use sync_core::sim::MemoryDevice;
 use sync_core::{DeviceId, Edit, FieldPath, ReportId, ReportKind, Role, VillageCode, Writer};
 
 fn engine(dir: &Path) -> Engine {
-    let store = SqliteStore::open(&dir.join("db.sqlite3")).unwrap();
+    let store = SqliteStore::open(&dir.join("db.sqlite3"))
+        .unwrap()
+        .with_audit(AuditKey::new([1; 32]), None);
     let engine = Engine::new(Arc::new(store), 64).unwrap();
     engine.seed_village_profiles().unwrap();
     engine
+}
+
+/// A volunteer of the test village.
+fn volunteer() -> Principal {
+    Principal {
+        user: "siti".into(),
+        device: DeviceId::from_bytes([0x51; 16]),
+        access: sync_core::Access::in_villages(Role::Volunteer, [village()]),
+    }
+}
+
+fn coordinator_principal() -> Principal {
+    Principal {
+        user: "office".into(),
+        device: DeviceId::from_bytes([0xC0; 16]),
+        access: sync_core::Access::everywhere(Role::Coordinator),
+    }
 }
 
 fn village() -> VillageCode {
@@ -44,7 +65,7 @@ fn note(id: &str) -> Edit {
 fn sync(d: &mut MemoryDevice, e: &Engine) -> usize {
     let mut trips = 0;
     loop {
-        let answer = e.sync(&d.request(), Role::Volunteer).unwrap();
+        let answer = e.sync(&d.request(), &volunteer()).unwrap();
         trips += 1;
         if !d.handle_response(&answer).unwrap() {
             return trips;
@@ -167,13 +188,23 @@ fn coordinator_edits_flow_to_devices_and_refusals_recover() {
         time: 1,
     };
     assert!(e
-        .edit(id, &[set("status", json!("referred"))], &coordinator)
+        .edit(
+            id,
+            &[set("status", json!("referred"))],
+            &coordinator,
+            &coordinator_principal()
+        )
         .unwrap()
         .is_some());
     assert!(
-        e.edit(id, &[set("status", json!("referred"))], &coordinator)
-            .unwrap()
-            .is_none(),
+        e.edit(
+            id,
+            &[set("status", json!("referred"))],
+            &coordinator,
+            &coordinator_principal()
+        )
+        .unwrap()
+        .is_none(),
         "same value: no change"
     );
     sync(&mut a, &e);
@@ -215,13 +246,13 @@ fn bad_requests_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let e = engine(dir.path());
     let seq = e.store().last_seq().unwrap();
-    assert!(e.sync(b"", Role::Volunteer).is_err());
-    assert!(e.sync(b"DS\x01\x01\xff\xff\xff", Role::Volunteer).is_err());
+    assert!(e.sync(b"", &volunteer()).is_err());
+    assert!(e.sync(b"DS\x01\x01\xff\xff\xff", &volunteer()).is_err());
     let mut a = device(1);
     new_incident(&mut a, "x");
     let mut request = sync_core::protocol::SyncRequest::decode(&a.request()).unwrap();
     request.positions[0].scope = sync_core::protocol::Scope::Village(6_302_010_999);
-    let err = e.sync(&request.encode(), Role::Volunteer).unwrap_err();
+    let err = e.sync(&request.encode(), &volunteer()).unwrap_err();
     assert!(err.to_string().contains("unknown village"), "{err}");
     assert_eq!(e.store().last_seq().unwrap(), seq);
 }

@@ -1,18 +1,25 @@
 //! The storage contract, run against every store: what `Store`'s doc comments promise.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use desa_server::store::memory::MemoryStore;
+use desa_server::audit::{self, Action, AuditEvent, AuditKey, Who};
+use desa_server::store::memory::{MemoryStore, MEMORY_AUDIT_KEY};
 use desa_server::store::sqlite::SqliteStore;
-use desa_server::store::{Commit, ReportQuery, ReportRow, ReportWrite, Store, StoreError};
+use desa_server::store::{
+    Commit, DeviceRecord, ReportQuery, ReportRow, ReportWrite, Store, StoreError, UserRecord,
+};
 use sync_core::protocol::server::Receipt;
 use sync_core::protocol::{PageMark, Position};
-use sync_core::{ReportId, ReportKind, VillageCode};
+use sync_core::{DeviceId, ReportId, ReportKind, Role, Verifier, VillageCode};
 
 /// Run `check` against a fresh store of every kind.
 fn each_store(check: impl Fn(&dyn Store)) {
     check(&MemoryStore::new());
     let dir = tempfile::tempdir().unwrap();
-    check(&SqliteStore::open(&dir.path().join("db.sqlite3")).unwrap());
+    check(
+        &SqliteStore::open(&dir.path().join("db.sqlite3"))
+            .unwrap()
+            .with_audit(AuditKey::new(MEMORY_AUDIT_KEY), None),
+    );
 }
 
 fn village(code: &str) -> VillageCode {
@@ -62,6 +69,7 @@ fn commit(seq: u64, at: i64, writes: Vec<ReportWrite>) -> Commit {
         received_at: at,
         writes,
         held: vec![],
+        audit: vec![],
     }
 }
 
@@ -220,6 +228,7 @@ fn held_changes_are_kept_even_without_a_report() {
             received_at: 5,
             writes: vec![],
             held: vec![(id(7), vec![vec![7, 7], vec![8]])],
+            audit: vec![],
         };
         s.commit(&held).unwrap();
         assert_eq!(s.last_seq().unwrap(), 0, "held changes do not take a seq");
@@ -231,6 +240,7 @@ fn held_changes_are_kept_even_without_a_report() {
             received_at: 6,
             writes: vec![write(7, "6302010001", "new", 7, Some(vec![1]))],
             held: vec![(id(7), vec![])],
+            audit: vec![],
         };
         s.commit(&clear).unwrap();
         let doc = s.load(&id(7)).unwrap().unwrap();
@@ -441,6 +451,100 @@ fn peer_sync_states_are_kept_per_storage() {
         assert_eq!(
             s.peer_sync_states("phone-2").unwrap(),
             vec![(id(1), vec![5])]
+        );
+    });
+}
+
+fn event(n: usize) -> AuditEvent {
+    AuditEvent::now(
+        Who {
+            user: format!("user{n}"),
+            role: "coordinator".into(),
+            device: None,
+        },
+        Action::Read {
+            via: "test".into(),
+            reports: vec![id(n as u8).to_string()],
+            redacted: false,
+        },
+    )
+}
+
+#[test]
+fn users_and_devices_are_kept_and_every_change_moves_the_version_and_is_audited() {
+    each_store(|s| {
+        let v0 = s.directory_version().unwrap();
+        let siti = UserRecord {
+            name: "siti".into(),
+            role: Role::Volunteer,
+            villages: vec![village("6302010001"), village("6302010002")],
+            created_at: 1,
+        };
+        s.add_user(&siti, &event(1)).unwrap();
+        assert!(matches!(
+            s.add_user(&siti, &event(2)),
+            Err(StoreError::Conflict(_))
+        ));
+        let device = DeviceRecord {
+            id: DeviceId::from_bytes([4; 16]),
+            user: "siti".into(),
+            verifier: Verifier([9; 32]),
+            created_at: 2,
+            revoked_at: None,
+        };
+        let orphan = DeviceRecord {
+            user: "nobody".into(),
+            id: DeviceId::from_bytes([5; 16]),
+            ..device.clone()
+        };
+        assert!(matches!(
+            s.add_device(&orphan, &event(3)),
+            Err(StoreError::Conflict(_))
+        ));
+        s.add_device(&device, &event(4)).unwrap();
+        assert_eq!(s.users().unwrap(), vec![siti]);
+        assert_eq!(s.devices().unwrap(), vec![device.clone()]);
+        let v1 = s.directory_version().unwrap();
+        assert!(v1 > v0);
+        assert!(s.revoke_device(device.id, 7, &event(5)).unwrap());
+        assert!(
+            !s.revoke_device(device.id, 8, &event(6)).unwrap(),
+            "already revoked"
+        );
+        assert_eq!(s.devices().unwrap()[0].revoked_at, Some(7));
+        assert!(s.directory_version().unwrap() > v1);
+        // Audited: the user, the device, the revocation — not the refused attempts.
+        let entries = s.audit_entries(0, 100).unwrap();
+        assert_eq!(entries.len(), 3, "{entries:?}");
+        assert_eq!(
+            audit::verify(&AuditKey::new(MEMORY_AUDIT_KEY), entries, None),
+            Ok(3)
+        );
+    });
+}
+
+#[test]
+fn the_audit_trail_is_one_chain_across_commits_and_appends() {
+    each_store(|s| {
+        s.append_audit(&[event(1), event(2)]).unwrap();
+        let mut with_audit = commit(1, 10, vec![write(1, "6302010001", "new", 1, Some(vec![1]))]);
+        with_audit.audit = vec![event(3)];
+        s.commit(&with_audit).unwrap();
+        // A commit that fails writes no audit entry either.
+        let mut stale = commit(1, 11, vec![write(2, "6302010001", "new", 2, Some(vec![1]))]);
+        stale.audit = vec![event(4)];
+        assert!(s.commit(&stale).is_err());
+        s.append_audit(&[event(5)]).unwrap();
+        let entries = s.audit_entries(0, 100).unwrap();
+        assert_eq!(
+            entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [1, 2, 3, 4]
+        );
+        assert!(entries[2].record.contains("user3") && entries[3].record.contains("user5"));
+        assert_eq!(s.audit_entries(2, 1).unwrap()[0].seq, 3, "paged");
+        assert_eq!(
+            audit::verify(&AuditKey::new(MEMORY_AUDIT_KEY), entries, None),
+            Ok(4)
         );
     });
 }

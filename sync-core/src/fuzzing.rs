@@ -7,6 +7,8 @@ use crate::rules::{self, Role};
 use crate::sim::{MemoryDevice, MemoryServer};
 use crate::{DeviceId, ReportId, ReportKind, VillageCode};
 
+const VOLUNTEER: rules::Access = rules::Access::everywhere(Role::Volunteer);
+
 fn village() -> Option<VillageCode> {
     VillageCode::parse("6302010001").ok()
 }
@@ -41,14 +43,14 @@ pub fn change(bytes: &[u8]) {
     };
     let mut doc = Automerge::new();
     if doc.apply_changes([genesis]).is_ok() {
-        let _ = rules::admit(&mut doc, report.id(), vec![change.clone()], Role::Volunteer);
+        let _ = rules::admit(&mut doc, report.id(), vec![change.clone()], &VOLUNTEER);
     }
     // And as the first change of a new report.
     let _ = rules::admit(
         &mut Automerge::new(),
         ReportId::from_random([9; 16]),
         vec![change],
-        Role::Volunteer,
+        &VOLUNTEER,
     );
 }
 

@@ -25,15 +25,140 @@ use crate::kind::{FIXED_FIELDS, INITIAL_STATUS, SCHEMA_VERSION, STATUS};
 use crate::schema::{self, SchemaViolation};
 use crate::{ReportId, ReportKind, VillageCode};
 
-/// What a writer may do. Authentication (a later layer) decides who is what; the rules only use it.
+/// What a writer may do. Authentication (the server) decides who is what; the rules only use it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Role {
-    /// A field volunteer: never changes `status` or fixed fields.
+    /// A field volunteer: reports of their villages; never `status` or fixed fields.
     Volunteer,
-    /// An office coordinator: owns the workflow `status`.
+    /// An office coordinator: every village; owns the workflow `status`.
     Coordinator,
+    /// Reads every report, with sensitive fields redacted; writes nothing.
+    Analyst,
+    /// Manages users, devices and the audit trail; reads no report contents.
+    Admin,
     /// The server itself: creates `village_profile` reports.
     Server,
+}
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 5] = [
+        Role::Volunteer,
+        Role::Coordinator,
+        Role::Analyst,
+        Role::Admin,
+        Role::Server,
+    ];
+
+    /// A stable name, for storage, the command line and display.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Volunteer => "volunteer",
+            Role::Coordinator => "coordinator",
+            Role::Analyst => "analyst",
+            Role::Admin => "admin",
+            Role::Server => "server",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("unknown role {s:?} (volunteer, coordinator, analyst or admin)"))
+    }
+}
+
+/// What one caller may touch: a role and, for a volunteer, their villages.
+///
+/// | role | syncs and writes | reads | sensitive fields |
+/// |---|---|---|---|
+/// | volunteer | reports of their villages (never `status`, never fixed fields) | their villages | yes |
+/// | coordinator | every report, any field | all | yes |
+/// | analyst | nothing | all | redacted |
+/// | admin | nothing | no report contents | — |
+///
+/// ```
+/// use sync_core::{rules::Access, Role, VillageCode};
+///
+/// let home = VillageCode::parse("6302010001").unwrap();
+/// let other = VillageCode::parse("6302010002").unwrap();
+/// let volunteer = Access::in_villages(Role::Volunteer, [home]);
+/// assert!(volunteer.covers(home) && !volunteer.covers(other));
+/// assert!(Access::everywhere(Role::Coordinator).covers(other));
+/// assert!(!Access::everywhere(Role::Analyst).may_write());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    role: Role,
+    /// `None`: every village of the office.
+    villages: Option<std::collections::BTreeSet<VillageCode>>,
+}
+
+impl Access {
+    /// Access to every village, with the rights of `role`.
+    pub const fn everywhere(role: Role) -> Self {
+        Access {
+            role,
+            villages: None,
+        }
+    }
+
+    /// Access limited to `villages` (a volunteer's).
+    pub fn in_villages(role: Role, villages: impl IntoIterator<Item = VillageCode>) -> Self {
+        Access {
+            role,
+            villages: Some(villages.into_iter().collect()),
+        }
+    }
+
+    /// The role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The villages this access is limited to; `None` for every village.
+    pub fn villages(&self) -> Option<&std::collections::BTreeSet<VillageCode>> {
+        self.villages.as_ref()
+    }
+
+    /// Whether reports of `village` are in scope (an admin's scope holds no report contents).
+    pub fn covers(&self, village: VillageCode) -> bool {
+        self.role != Role::Admin && self.villages.as_ref().is_none_or(|v| v.contains(&village))
+    }
+
+    /// Whether this caller may write reports at all.
+    pub fn may_write(&self) -> bool {
+        matches!(
+            self.role,
+            Role::Volunteer | Role::Coordinator | Role::Server
+        )
+    }
+
+    /// Whether this caller may read report contents (through the API or a sync).
+    pub fn may_read(&self) -> bool {
+        self.role != Role::Admin
+    }
+
+    /// Whether this caller sees the sensitive fields (names, contacts, passport numbers, exact
+    /// locations); others get a [`crate::view::redact`]ed view.
+    pub fn sees_sensitive(&self) -> bool {
+        matches!(
+            self.role,
+            Role::Volunteer | Role::Coordinator | Role::Server
+        )
+    }
 }
 
 /// Why a change was refused. Stable codes travel on the wire; the detail is for people.
@@ -167,7 +292,13 @@ pub struct Admission {
 
 /// Admit `incoming` changes into the report `id` whose stored document is `doc` (empty for a report
 /// not yet created). On return `doc` holds the new state; refused and held changes are not in it.
-pub fn admit(doc: &mut Automerge, id: ReportId, incoming: Vec<Change>, role: Role) -> Admission {
+pub fn admit(
+    doc: &mut Automerge,
+    id: ReportId,
+    incoming: Vec<Change>,
+    access: &Access,
+) -> Admission {
+    let role = access.role();
     let mut verdicts = HashMap::new();
     let mut batch: HashMap<ChangeHash, Change> = HashMap::new();
     for change in incoming {
@@ -209,6 +340,22 @@ pub fn admit(doc: &mut Automerge, id: ReportId, incoming: Vec<Change>, role: Rol
 
     // 2. Each change on its own.
     let mut kind = report_kind(doc);
+    let stored_village = read_string(doc, "village").and_then(|v| VillageCode::parse(&v).ok());
+    let out_of_scope = |village: VillageCode| -> Option<Refusal> {
+        if !access.may_write() {
+            Some(Refusal::new(
+                RefusalCode::NotPermitted,
+                format!("the {role} role writes no reports"),
+            ))
+        } else if !access.covers(village) {
+            Some(Refusal::new(
+                RefusalCode::NotPermitted,
+                format!("village {village} is not one of your villages"),
+            ))
+        } else {
+            None
+        }
+    };
     let mut created: Option<(ChangeHash, Automerge, Value)> = None;
     let mut refused: HashSet<ChangeHash> = HashSet::new();
     let mut candidates: Vec<ChangeHash> = Vec::new();
@@ -220,14 +367,19 @@ pub fn admit(doc: &mut Automerge, id: ReportId, incoming: Vec<Change>, role: Rol
                 format!("depends on refused change {bad}"),
             ))
         } else if change.deps().is_empty() {
-            check_creation(change, id, role, kind.is_some()).map(|c| {
-                kind = Some(c.kind);
+            check_creation(change, id, role, kind.is_some()).and_then(|c| {
+                match out_of_scope(c.village) {
+                    Some(refusal) => return Err(refusal),
+                    None => kind = Some(c.kind),
+                }
                 created = Some((hash, c.doc, c.state));
+                Ok(())
             })
         } else {
-            match kind {
-                Some(k) => check_change(change, k, role),
-                None => Err(Refusal::new(
+            match (kind, stored_village.and_then(out_of_scope)) {
+                (_, Some(refusal)) => Err(refusal),
+                (Some(k), None) => check_change(change, k, role),
+                (None, None) => Err(Refusal::new(
                     RefusalCode::BadCreation,
                     "the report's first change was refused",
                 )),
@@ -378,6 +530,11 @@ pub fn report_kind<R: ReadDoc>(doc: &R) -> Option<ReportKind> {
     read_string(doc, "kind")?.parse().ok()
 }
 
+/// The village of a stored report, if it has been created.
+pub fn report_village<R: ReadDoc>(doc: &R) -> Option<VillageCode> {
+    VillageCode::parse(&read_string(doc, "village")?).ok()
+}
+
 /// A root string field, stored either as a scalar or as text (JavaScript writes text).
 pub(crate) fn read_string<R: ReadDoc>(doc: &R, key: &str) -> Option<String> {
     match doc.get(ROOT, key).ok()?? {
@@ -450,6 +607,7 @@ fn check_creation(
     schema::validate(kind, &state).map_err(|v| Refusal::schema(&v))?;
     Ok(Created {
         kind,
+        village,
         doc: genesis,
         state,
     })
@@ -459,6 +617,7 @@ fn check_creation(
 /// creation is applied, materialized and validated once.
 struct Created {
     kind: ReportKind,
+    village: VillageCode,
     doc: Automerge,
     state: Value,
 }

@@ -103,7 +103,10 @@ impl FromStr for DeviceToken {
     type Err = TokenError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let body = s.trim().strip_prefix(TOKEN_PREFIX).ok_or(TokenError::Malformed)?;
+        let body = s
+            .trim()
+            .strip_prefix(TOKEN_PREFIX)
+            .ok_or(TokenError::Malformed)?;
         if body.len() > 80 {
             return Err(TokenError::Malformed);
         }
@@ -140,7 +143,11 @@ mod tests {
             &format!("{text}1111"),
             "desa_0OIl",
         ] {
-            assert_eq!(bad.parse::<DeviceToken>(), Err(TokenError::Malformed), "{bad}");
+            assert_eq!(
+                bad.parse::<DeviceToken>(),
+                Err(TokenError::Malformed),
+                "{bad}"
+            );
         }
         let other = DeviceToken::new(token.device(), [43; 32]);
         assert!(!other.verifier().matches(&token.verifier()));

@@ -34,6 +34,9 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// The passphrase every test device store is encrypted with.
+pub const PASSPHRASE: &str = "correct horse battery staple";
+
 /// A running `desa-server`.
 pub struct Server {
     child: Child,
@@ -43,20 +46,58 @@ pub struct Server {
     pub url: String,
     port: u16,
     extra: Vec<String>,
+    /// A coordinator's token: what `get`, `patch` and `post_sync` authenticate with.
+    pub coordinator: String,
 }
 
 impl Server {
-    /// Start on a free port with `data` as its data directory.
+    /// Start on a free port with `data` as its data directory, with a coordinator account.
     pub fn start(data: &Path, extra: &[&str]) -> Server {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let (child, port) = spawn(data, 0, &extra);
-        Server {
+        let mut server = Server {
             child,
             data: data.to_owned(),
             url: format!("http://127.0.0.1:{port}"),
             port,
             extra,
+            coordinator: String::new(),
+        };
+        server.coordinator = server.token("office", "coordinator", &[]);
+        server
+    }
+
+    /// Run `desa-server ARGS --data DATA` (the operator commands), requiring success.
+    pub fn admin(&self, args: &[&str]) -> String {
+        let out = admin_command(&self.data, args);
+        assert!(
+            out.status.success(),
+            "desa-server {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A new device token for user `name` (created with `role` and `villages` if new).
+    pub fn token(&self, name: &str, role: &str, villages: &[&str]) -> String {
+        let mut add = vec!["user", "add", name, "--role", role];
+        for v in villages {
+            add.extend(["--village", v]);
         }
+        // The user may exist already (a second device): then only the device is added.
+        let _ = admin_command(&self.data, &add);
+        let out = self.admin(&["device", "add", name]);
+        out.lines().last().expect("token line").trim().to_owned()
+    }
+
+    /// `GET path` with `token` → (status, JSON).
+    pub fn get_as(&self, token: &str, path: &str) -> (u16, Value) {
+        response(
+            ureq_agent()
+                .get(format!("{}{path}", self.url))
+                .header("Authorization", format!("Bearer {token}"))
+                .call(),
+        )
     }
 
     /// SIGKILL: no shutdown, no flushing — a power cut for the process.
@@ -77,26 +118,38 @@ impl Server {
         self.child.id()
     }
 
-    /// `GET path` → (status, JSON).
+    /// `GET path` as the coordinator → (status, JSON).
     pub fn get(&self, path: &str) -> (u16, Value) {
-        response(ureq_agent().get(format!("{}{path}", self.url)).call())
+        self.get_as(&self.coordinator, path)
     }
 
-    /// `PATCH path` with a JSON body → (status, JSON).
+    /// `PATCH path` with a JSON body, as the coordinator → (status, JSON).
     pub fn patch(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.patch_as(&self.coordinator, path, body)
+    }
+
+    /// `PATCH path` with a JSON body and `token` → (status, JSON).
+    pub fn patch_as(&self, token: &str, path: &str, body: &Value) -> (u16, Value) {
         response(
             ureq_agent()
                 .patch(format!("{}{path}", self.url))
                 .header("Content-Type", "application/json")
+                .header("Authorization", format!("Bearer {token}"))
                 .send(body.to_string()),
         )
     }
 
-    /// `POST /api/v1/sync` with raw bytes → (status, body bytes).
+    /// `POST /api/v1/sync` with raw bytes, as the coordinator → (status, body bytes).
     pub fn post_sync(&self, body: &[u8]) -> (u16, Vec<u8>) {
+        self.post_sync_as(&self.coordinator, body)
+    }
+
+    /// `POST /api/v1/sync` with raw bytes and `token` → (status, body bytes).
+    pub fn post_sync_as(&self, token: &str, body: &[u8]) -> (u16, Vec<u8>) {
         let result = ureq_agent()
             .post(format!("{}/api/v1/sync", self.url))
             .header("Content-Type", "application/octet-stream")
+            .header("Authorization", format!("Bearer {token}"))
             .send(body);
         match result {
             Ok(mut r) => (r.status().as_u16(), r.body_mut().read_to_vec().unwrap()),
@@ -139,6 +192,16 @@ fn response(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u
         status,
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
     )
+}
+
+fn admin_command(data: &Path, args: &[&str]) -> Output {
+    Command::new(binary("desa-server"))
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run desa-server")
 }
 
 fn spawn(data: &Path, port: u16, extra: &[String]) -> (Child, u16) {
@@ -206,33 +269,55 @@ impl Run {
 }
 
 impl Desa {
-    /// `desa init` a new store for `village` against `server_url`.
-    pub fn init(server_url: &str, village: &str, name: &str) -> Desa {
+    /// `desa init` a new store for a new volunteer `name` of `village` on `server` (the operator
+    /// creates the volunteer and a device token first; the token goes in through `DESA_TOKEN`).
+    pub fn init(server: &Server, village: &str, name: &str) -> Desa {
+        let token = server.token(name, "volunteer", &[village]);
+        Desa::init_with_token(&server.url, village, name, &token)
+    }
+
+    /// `desa init` with a given token.
+    pub fn init_with_token(server_url: &str, village: &str, name: &str, token: &str) -> Desa {
         let dir = tempfile::tempdir().unwrap();
         let desa = Desa {
             store: dir.path().join("store.db"),
             _dir: dir,
         };
-        desa.ok(&[
-            "init",
-            "--server",
-            server_url,
-            "--village",
-            village,
-            "--name",
-            name,
-        ]);
+        let out = desa
+            .command(&[
+                "init",
+                "--server",
+                server_url,
+                "--village",
+                village,
+                "--name",
+                name,
+            ])
+            .env("DESA_TOKEN", token)
+            .output()
+            .expect("run desa init");
+        assert!(
+            out.status.success(),
+            "desa init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         desa
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(binary("desa"));
+        command
+            .arg("--store")
+            .arg(&self.store)
+            .args(args)
+            .env("DESA_PASSPHRASE", PASSPHRASE)
+            .env_remove("DESA_TOKEN");
+        command
     }
 
     /// Run `desa ARGS` against this store.
     pub fn run(&self, args: &[&str]) -> Run {
-        let out: Output = Command::new(binary("desa"))
-            .arg("--store")
-            .arg(&self.store)
-            .args(args)
-            .output()
-            .expect("run desa");
+        let out: Output = self.command(args).output().expect("run desa");
         Run {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -33,8 +33,8 @@ fn notes(doc: &Value) -> Vec<String> {
 fn offline_edits_converge(a_first: bool) {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    let a = Desa::init(&server.url, VILLAGE, "Ani");
-    let b = Desa::init(&server.url, VILLAGE, "Budi");
+    let a = Desa::init(&server, VILLAGE, "Ani");
+    let b = Desa::init(&server, VILLAGE, "Budi");
     let id = new_incident(&a, "Agent at the harbour");
     a.sync();
     b.sync();
@@ -126,8 +126,8 @@ fn offline_edits_converge_b_first() {
 fn coordinator_status_reaches_both_devices() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    let a = Desa::init(&server.url, VILLAGE, "Ani");
-    let b = Desa::init(&server.url, VILLAGE, "Budi");
+    let a = Desa::init(&server, VILLAGE, "Ani");
+    let b = Desa::init(&server, VILLAGE, "Budi");
     let id = new_incident(&a, "Missing girl");
     a.sync();
     b.sync();
@@ -160,7 +160,7 @@ fn coordinator_status_reaches_both_devices() {
 fn killing_the_server_loses_nothing_acknowledged_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start(dir.path(), &[]);
-    let a = Desa::init(&server.url, VILLAGE, "Ani");
+    let a = Desa::init(&server, VILLAGE, "Ani");
     let id = new_incident(&a, "Boat at night");
     a.ok(&["edit", &id, "--note", "acknowledged before the kill"]);
     a.sync();
@@ -221,7 +221,7 @@ impl OutputAsync for std::process::Command {
 fn bad_input_gets_its_answer_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &["--max-body", "4096"]);
-    let a = Desa::init(&server.url, VILLAGE, "Ani");
+    let a = Desa::init(&server, VILLAGE, "Ani");
     let id = new_incident(&a, "Baseline");
     a.sync();
     let seq = server.seq();
@@ -292,8 +292,8 @@ fn bad_input_gets_its_answer_and_changes_nothing() {
 fn a_refusal_is_reported_and_the_device_converges() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    let a = Desa::init(&server.url, VILLAGE, "Ani");
-    let b = Desa::init(&server.url, VILLAGE, "Budi");
+    let a = Desa::init(&server, VILLAGE, "Ani");
+    let b = Desa::init(&server, VILLAGE, "Budi");
     let id = new_incident(&a, "Long story");
     a.sync();
     b.sync();

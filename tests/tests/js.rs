@@ -46,7 +46,7 @@ fn incident_count(server: &Server) -> usize {
 fn javascript_clients_sync_through_desa_sync_and_interoperate_with_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start(dir.path(), &[]);
-    let desa = Desa::init(&server.url, VILLAGE, "Ani");
+    let desa = Desa::init(&server, VILLAGE, "Ani");
     let id = desa
         .ok(&[
             "new",
@@ -81,7 +81,7 @@ fn javascript_clients_sync_through_desa_sync_and_interoperate_with_the_cli() {
     server.kill();
     server.restart();
     assert_eq!(incident_count(&server), before);
-    let fresh = Desa::init(&server.url, VILLAGE, "Budi");
+    let fresh = Desa::init(&server, VILLAGE, "Budi");
     fresh.sync();
     assert_eq!(fresh.show(&id)["document"], doc);
 }

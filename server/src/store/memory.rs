@@ -8,9 +8,11 @@ use sync_core::protocol::Position;
 use sync_core::{ReportId, VillageCode};
 
 use super::{
-    seq_check, ChangeReceipt, Commit, FeedRow, ReportQuery, ReportRow, Store, StoreError,
-    StoredDoc, VillageCount,
+    seq_check, ChangeReceipt, Commit, DeviceRecord, FeedRow, ReportQuery, ReportRow, Store,
+    StoreError, StoredDoc, UserRecord, VillageCount,
 };
+use crate::audit::{self, AuditEntry, AuditEvent, AuditKey, Head};
+use sync_core::DeviceId;
 
 #[derive(Default)]
 struct Entry {
@@ -24,12 +26,44 @@ struct Entry {
 pub struct MemoryStore {
     entries: Mutex<BTreeMap<ReportId, Entry>>,
     peer_sync: Mutex<BTreeMap<(String, ReportId), Vec<u8>>>,
+    directory: Mutex<Directory>,
 }
+
+/// Users, devices and the audit trail (sealed with a fixed test key: this store is for tests).
+#[derive(Default)]
+struct Directory {
+    users: BTreeMap<String, UserRecord>,
+    devices: Vec<DeviceRecord>,
+    version: u64,
+    audit: Vec<AuditEntry>,
+}
+
+impl Directory {
+    fn append(&mut self, events: &[AuditEvent]) {
+        let tail = self.audit.last().map(|e| Head {
+            seq: e.seq,
+            mac: e.mac,
+        });
+        let sealed = audit::seal_after(&AuditKey::new(MEMORY_AUDIT_KEY), tail, events);
+        self.audit.extend(sealed);
+    }
+}
+
+/// The audit key of the in-memory store.
+pub const MEMORY_AUDIT_KEY: [u8; 32] = [0x5a; 32];
 
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    fn directory<T>(&self, f: impl FnOnce(&mut Directory) -> T) -> Result<T, StoreError> {
+        let mut guard = self
+            .directory
+            .lock()
+            .map_err(|_| StoreError::Database("memory store lock poisoned".into()))?;
+        Ok(f(&mut guard))
     }
 
     fn with<T>(
@@ -114,7 +148,8 @@ impl Store for MemoryStore {
                 m.entry(*id).or_default().doc.held = held.clone();
             }
             Ok(())
-        })
+        })?;
+        self.directory(|d| d.append(&commit.audit))
     }
 
     fn feed(
@@ -217,5 +252,81 @@ impl Store for MemoryStore {
             map.insert((storage_id.to_owned(), *id), state.clone());
         }
         Ok(())
+    }
+
+    fn add_user(&self, user: &UserRecord, audit: &AuditEvent) -> Result<(), StoreError> {
+        self.directory(|d| {
+            if d.users.contains_key(&user.name) {
+                return Err(StoreError::Conflict(format!(
+                    "user {:?} already exists",
+                    user.name
+                )));
+            }
+            d.users.insert(user.name.clone(), user.clone());
+            d.version += 1;
+            d.append(std::slice::from_ref(audit));
+            Ok(())
+        })?
+    }
+
+    fn add_device(&self, device: &DeviceRecord, audit: &AuditEvent) -> Result<(), StoreError> {
+        self.directory(|d| {
+            if !d.users.contains_key(&device.user) {
+                return Err(StoreError::Conflict(format!("no user {:?}", device.user)));
+            }
+            if d.devices.iter().any(|x| x.id == device.id) {
+                return Err(StoreError::Conflict(format!(
+                    "device {} already exists",
+                    device.id
+                )));
+            }
+            d.devices.push(device.clone());
+            d.version += 1;
+            d.append(std::slice::from_ref(audit));
+            Ok(())
+        })?
+    }
+
+    fn revoke_device(&self, id: DeviceId, at: i64, audit: &AuditEvent) -> Result<bool, StoreError> {
+        self.directory(|d| {
+            match d
+                .devices
+                .iter_mut()
+                .find(|x| x.id == id && x.revoked_at.is_none())
+            {
+                Some(device) => device.revoked_at = Some(at),
+                None => return false,
+            }
+            d.version += 1;
+            d.append(std::slice::from_ref(audit));
+            true
+        })
+    }
+
+    fn users(&self) -> Result<Vec<UserRecord>, StoreError> {
+        self.directory(|d| d.users.values().cloned().collect())
+    }
+
+    fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
+        self.directory(|d| d.devices.clone())
+    }
+
+    fn directory_version(&self) -> Result<u64, StoreError> {
+        self.directory(|d| d.version)
+    }
+
+    fn append_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
+        self.directory(|d| d.append(events))
+    }
+
+    fn audit_entries(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        self.directory(|d| {
+            d.audit
+                .iter()
+                .filter(|e| e.seq > after)
+                .take(limit)
+                .cloned()
+                .collect()
+        })
     }
 }

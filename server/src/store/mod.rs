@@ -14,7 +14,9 @@ pub mod sqlite;
 
 use sync_core::protocol::server::Receipt;
 use sync_core::protocol::Position;
-use sync_core::{DistrictCode, ReportId, ReportKind, VillageCode};
+use sync_core::{DeviceId, DistrictCode, ReportId, ReportKind, Role, Verifier, VillageCode};
+
+use crate::audit::{AuditEntry, AuditEvent};
 
 /// A storage failure. The server answers 500 and acknowledges nothing.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -30,6 +32,12 @@ pub enum StoreError {
         /// Why it does not decode.
         detail: String,
     },
+    /// A user or device that already exists, or a device for a user that does not.
+    #[error("{0}")]
+    Conflict(String),
+    /// The audit trail cannot be written (no audit key configured).
+    #[error("audit: {0}")]
+    Audit(String),
     /// A commit whose sequence number does not follow the last one.
     #[error("sequence {given} does not follow {last}")]
     Sequence {
@@ -123,6 +131,36 @@ pub struct Commit {
     pub writes: Vec<ReportWrite>,
     /// The full set of held changes for each report whose held set changed (empty: none held).
     pub held: Vec<(ReportId, Vec<Vec<u8>>)>,
+    /// Audit events for what this commit does, appended to the trail in the same transaction.
+    pub audit: Vec<AuditEvent>,
+}
+
+/// A user account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    /// Unique name.
+    pub name: String,
+    /// Role (never [`Role::Server`]).
+    pub role: Role,
+    /// A volunteer's villages (empty for other roles).
+    pub villages: Vec<VillageCode>,
+    /// Unix ms.
+    pub created_at: i64,
+}
+
+/// A device of a user, with the verifier of its token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// The device id (named by its token).
+    pub id: DeviceId,
+    /// Its user's name.
+    pub user: String,
+    /// SHA-256 of the token's secret.
+    pub verifier: Verifier,
+    /// Unix ms.
+    pub created_at: i64,
+    /// When it was revoked (unix ms).
+    pub revoked_at: Option<i64>,
 }
 
 /// One report of a feed page.
@@ -221,6 +259,32 @@ pub trait Store: Send + Sync + 'static {
         storage_id: &str,
         states: &[(ReportId, Vec<u8>)],
     ) -> Result<(), StoreError>;
+
+    /// Add a user and its audit event atomically. A taken name is [`StoreError::Conflict`].
+    fn add_user(&self, user: &UserRecord, audit: &AuditEvent) -> Result<(), StoreError>;
+
+    /// Add a device of an existing user and its audit event atomically.
+    fn add_device(&self, device: &DeviceRecord, audit: &AuditEvent) -> Result<(), StoreError>;
+
+    /// Revoke a device at `at` (unix ms) and audit it. `Ok(false)`: no such device, or already
+    /// revoked (nothing written).
+    fn revoke_device(&self, id: DeviceId, at: i64, audit: &AuditEvent) -> Result<bool, StoreError>;
+
+    /// Every user, by name.
+    fn users(&self) -> Result<Vec<UserRecord>, StoreError>;
+
+    /// Every device, revoked ones included.
+    fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError>;
+
+    /// A number that changes whenever a user or device is added or revoked (by this process or
+    /// another one sharing the database): the server polls it to notice revocations.
+    fn directory_version(&self) -> Result<u64, StoreError>;
+
+    /// Append events to the audit trail, durably.
+    fn append_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError>;
+
+    /// Audit entries with `seq > after`, in order, at most `limit`.
+    fn audit_entries(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
 }
 
 /// Compact a report's tail into a new snapshot once it holds this many changes: loading then

@@ -21,12 +21,99 @@ use sync_core::protocol::Position;
 use sync_core::{ReportId, ReportKind, VillageCode};
 
 use super::{
-    decode_receipts, encode_receipts, seq_check, ChangeReceipt, Commit, FeedRow, ReportQuery,
-    ReportRow, Store, StoreError, StoredDoc, VillageCount,
+    decode_receipts, encode_receipts, seq_check, ChangeReceipt, Commit, DeviceRecord, FeedRow,
+    ReportQuery, ReportRow, Store, StoreError, StoredDoc, UserRecord, VillageCount,
 };
+use crate::audit::{self, AuditEntry, AuditEvent, AuditKey, Head};
+use sync_core::{DeviceId, Verifier};
 
 /// Schema version (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
+
+/// Version 2: users, devices and the audit trail.
+const SCHEMA_V2: &str = r#"
+CREATE TABLE users (
+    name        TEXT PRIMARY KEY,
+    role        TEXT NOT NULL,
+    villages    TEXT NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+CREATE TABLE devices (
+    id          BLOB PRIMARY KEY,
+    user        TEXT NOT NULL REFERENCES users (name),
+    verifier    BLOB NOT NULL,
+    created_at  INTEGER NOT NULL,
+    revoked_at  INTEGER
+);
+-- Bumped by every user or device change; servers poll it to notice revocations.
+CREATE TABLE directory (
+    id          INTEGER PRIMARY KEY CHECK (id = 0),
+    version     INTEGER NOT NULL
+);
+INSERT INTO directory (id, version) VALUES (0, 0);
+-- The audit trail: a keyed hash chain (server/src/audit.rs). Append-only: the triggers stop a
+-- mistaken UPDATE or DELETE; the chain and its anchor catch a deliberate one.
+CREATE TABLE audit (
+    seq         INTEGER PRIMARY KEY,
+    record      TEXT NOT NULL,
+    mac         BLOB NOT NULL
+);
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+"#;
+
+/// Where audit entries are sealed and their head anchored.
+struct AuditSink {
+    key: AuditKey,
+    anchor: Option<std::path::PathBuf>,
+}
+
+/// Append `events` to the audit trail inside `tx`, reading the chain's tail in the same
+/// transaction (another process — the `desa-server user` commands — may have appended since).
+fn append_audit_tx(
+    tx: &rusqlite::Transaction<'_>,
+    sink: Option<&AuditSink>,
+    events: &[AuditEvent],
+) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let sink = sink.ok_or_else(|| StoreError::Audit("no audit key configured".into()))?;
+    let tail: Option<(i64, Vec<u8>)> = tx
+        .query_row(
+            "SELECT seq, mac FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let tail = match tail {
+        Some((seq, mac)) => Some(Head {
+            seq: seq as u64,
+            mac: mac.as_slice().try_into().map_err(|_| StoreError::Corrupt {
+                what: format!("audit entry {seq}"),
+                detail: "MAC is not 32 bytes".into(),
+            })?,
+        }),
+        None => None,
+    };
+    let entries = audit::seal_after(&sink.key, tail, events);
+    for e in &entries {
+        tx.prepare_cached("INSERT INTO audit (seq, record, mac) VALUES (?1, ?2, ?3)")?
+            .execute(params![e.seq as i64, e.record, &e.mac[..]])?;
+    }
+    if let (Some(path), Some(last)) = (&sink.anchor, entries.last()) {
+        // Written while the write lock is held, so anchors from two processes cannot cross.
+        Head {
+            seq: last.seq,
+            mac: last.mac,
+        }
+        .store(path)
+        .map_err(|e| StoreError::Audit(format!("anchor {}: {e}", path.display())))?;
+    }
+    Ok(())
+}
 
 const SCHEMA: &str = r#"
 CREATE TABLE reports (
@@ -85,6 +172,7 @@ pub struct SqliteStore {
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     path: std::path::PathBuf,
+    audit: Option<AuditSink>,
 }
 
 fn open(path: &Path) -> Result<Connection, StoreError> {
@@ -110,6 +198,13 @@ impl SqliteStore {
             0 => {
                 let tx = conn.transaction()?;
                 tx.execute_batch(SCHEMA)?;
+                tx.execute_batch(SCHEMA_V2)?;
+                tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+                tx.commit()?;
+            }
+            1 => {
+                let tx = conn.transaction()?;
+                tx.execute_batch(SCHEMA_V2)?;
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
                 tx.commit()?;
             }
@@ -124,7 +219,26 @@ impl SqliteStore {
             writer: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
             path: path.to_owned(),
+            audit: None,
         })
+    }
+
+    /// Seal audit entries with `key`, and record the chain's head in `anchor` (a file outside the
+    /// data directory) after each append. Without this, writing an audit event is an error.
+    pub fn with_audit(mut self, key: AuditKey, anchor: Option<std::path::PathBuf>) -> Self {
+        self.audit = Some(AuditSink { key, anchor });
+        self
+    }
+
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.writer.lock().map_err(poisoned)?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
     }
 
     fn read<T>(
@@ -334,6 +448,7 @@ impl Store for SqliteStore {
                     .execute(params![key, n as i64, bytes])?;
             }
         }
+        append_audit_tx(&tx, self.audit.as_ref(), &commit.audit)?;
         tx.commit()?;
         Ok(())
     }
@@ -532,4 +647,186 @@ impl Store for SqliteStore {
         tx.commit()?;
         Ok(())
     }
+
+    fn add_user(&self, user: &UserRecord, audit: &AuditEvent) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let villages: Vec<String> = user.villages.iter().map(ToString::to_string).collect();
+            let added = tx.execute(
+                "INSERT OR IGNORE INTO users (name, role, villages, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![user.name, user.role.as_str(), villages.join(","), user.created_at],
+            )?;
+            if added == 0 {
+                return Err(StoreError::Conflict(format!("user {:?} already exists", user.name)));
+            }
+            bump_directory(tx)?;
+            append_audit_tx(tx, self.audit.as_ref(), std::slice::from_ref(audit))
+        })
+    }
+
+    fn add_device(&self, device: &DeviceRecord, audit: &AuditEvent) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let user: Option<String> = tx
+                .query_row("SELECT name FROM users WHERE name = ?1", [&device.user], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            if user.is_none() {
+                return Err(StoreError::Conflict(format!("no user {:?}", device.user)));
+            }
+            let added = tx.execute(
+                "INSERT OR IGNORE INTO devices (id, user, verifier, created_at, revoked_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    &device.id.as_bytes()[..],
+                    device.user,
+                    &device.verifier.0[..],
+                    device.created_at,
+                    device.revoked_at
+                ],
+            )?;
+            if added == 0 {
+                return Err(StoreError::Conflict(format!("device {} already exists", device.id)));
+            }
+            bump_directory(tx)?;
+            append_audit_tx(tx, self.audit.as_ref(), std::slice::from_ref(audit))
+        })
+    }
+
+    fn revoke_device(&self, id: DeviceId, at: i64, audit: &AuditEvent) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            let revoked = tx.execute(
+                "UPDATE devices SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                params![&id.as_bytes()[..], at],
+            )?;
+            if revoked == 0 {
+                return Ok(false);
+            }
+            bump_directory(tx)?;
+            append_audit_tx(tx, self.audit.as_ref(), std::slice::from_ref(audit))?;
+            Ok(true)
+        })
+    }
+
+    fn users(&self) -> Result<Vec<UserRecord>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT name, role, villages, created_at FROM users ORDER BY name",
+            )?;
+            let raws = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            raws.into_iter()
+                .map(|(name, role, villages, created_at)| {
+                    let corrupt = |detail: String| StoreError::Corrupt {
+                        what: format!("user {name:?}"),
+                        detail,
+                    };
+                    let role = role.parse().map_err(corrupt)?;
+                    let villages = villages
+                        .split(',')
+                        .filter(|v| !v.is_empty())
+                        .map(|v| VillageCode::parse(v).map_err(|e| corrupt(e.to_string())))
+                        .collect::<Result<_, _>>()?;
+                    Ok(UserRecord {
+                        name,
+                        role,
+                        villages,
+                        created_at,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, user, verifier, created_at, revoked_at FROM devices ORDER BY created_at, id",
+            )?;
+            let raws = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, Option<i64>>(4)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            raws.into_iter()
+                .map(|(id, user, verifier, created_at, revoked_at)| {
+                    let corrupt = |detail: &str| StoreError::Corrupt {
+                        what: format!("a device of {user:?}"),
+                        detail: detail.into(),
+                    };
+                    let id: [u8; 16] = id.as_slice().try_into().map_err(|_| corrupt("id"))?;
+                    let verifier: [u8; 32] =
+                        verifier.as_slice().try_into().map_err(|_| corrupt("verifier"))?;
+                    Ok(DeviceRecord {
+                        id: DeviceId::from_bytes(id),
+                        user,
+                        verifier: Verifier(verifier),
+                        created_at,
+                        revoked_at,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn directory_version(&self) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            let v: i64 = conn
+                .prepare_cached("SELECT version FROM directory WHERE id = 0")?
+                .query_row([], |r| r.get(0))?;
+            Ok(v as u64)
+        })
+    }
+
+    fn append_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
+        self.write(|tx| append_audit_tx(tx, self.audit.as_ref(), events))
+    }
+
+    fn audit_entries(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, record, mac FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let raws = stmt
+                .query_map(params![after as i64, limit as i64], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            raws.into_iter()
+                .map(|(seq, record, mac)| {
+                    // A damaged MAC is reported by verification, not as a read error.
+                    let mac = mac.as_slice().try_into().unwrap_or([0; 32]);
+                    Ok(AuditEntry {
+                        seq: seq as u64,
+                        record,
+                        mac,
+                    })
+                })
+                .collect()
+        })
+    }
+}
+
+fn bump_directory(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE directory SET version = version + 1 WHERE id = 0",
+        [],
+    )?;
+    Ok(())
 }

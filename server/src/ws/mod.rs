@@ -32,24 +32,36 @@ use sync_core::automerge::ChangeHash;
 use sync_core::protocol::repo::{
     changes_of, PeerMetadata, RepoMessage, MAX_MESSAGE_BYTES, PROTOCOL_VERSION,
 };
-use sync_core::rules::{Role, Verdict};
+use sync_core::rules::{report_village, Verdict};
 use sync_core::ReportId;
 use tokio::sync::broadcast;
 
-use crate::engine::{Engine, EngineError};
+use crate::audit::{Action, AuditEvent};
+use crate::auth::{Caller, Directory, Principal};
+use crate::engine::{Engine, EngineError, Via};
+use crate::error::ApiError;
 
 mod hub;
 
 pub use hub::Hub;
 use hub::{without_refused, Relayed};
 
-/// `GET /ws`: upgrade and serve one peer.
+/// `GET /ws`: authenticate (bearer header or `?token=`), upgrade and serve one peer.
 pub async fn route(
+    caller: Caller,
     req: HttpRequest,
     body: web::Payload,
     engine: web::Data<Engine>,
     hub: web::Data<Hub>,
+    directory: web::Data<Directory>,
 ) -> Result<HttpResponse, actix_web::Error> {
+    if !caller.access.may_write() {
+        return Err(ApiError::Forbidden(format!(
+            "the {} role does not sync reports",
+            caller.role()
+        ))
+        .into());
+    }
     let (response, session, stream) = actix_ws::handle(&req, body)?;
     // actix's default frame limit (64 KiB) is too small for a first sync: raise it, bounded.
     let stream = stream
@@ -61,6 +73,8 @@ pub async fn route(
     tracing::debug!(connection = id, "ws connection opened");
     let connection = Connection {
         engine: engine.into_inner(),
+        principal: caller.0,
+        directory: directory.into_inner(),
         hub,
         id,
         peer: None,
@@ -82,6 +96,8 @@ struct Open {
     stalled: u32,
     /// The server's heads at the last answer.
     last_heads: Vec<ChangeHash>,
+    /// Whether sending this document to the peer has been audited on this connection.
+    audited: bool,
 }
 
 /// A sync that goes back and forth this many times without any change moving is stuck (e.g. the
@@ -91,6 +107,9 @@ const MAX_STALLED_ANSWERS: u32 = 50;
 
 struct Connection {
     engine: Arc<Engine>,
+    /// Who is on the other end (checked at the upgrade; re-checked when the directory changes).
+    principal: Arc<Principal>,
+    directory: Arc<Directory>,
     hub: Arc<Hub>,
     id: u64,
     peer: Option<String>,
@@ -124,8 +143,18 @@ impl Connection {
     async fn run(mut self, mut session: Session, mut stream: actix_ws::AggregatedMessageStream) {
         let mut committed = self.engine.subscribe();
         let mut relay = self.hub.relay.subscribe();
+        let mut directory = self.directory.subscribe();
         loop {
             let step = tokio::select! {
+                changed = directory.changed() => match changed {
+                    Ok(()) if !self.directory.is_active(self.principal.device) => {
+                        tracing::info!(connection = self.id, device = %self.principal.device, "device revoked: closing its connection");
+                        let _ = self.error(&mut session, "this device has been revoked".into()).await;
+                        Err(Gone)
+                    }
+                    Ok(()) => Ok(()),
+                    Err(_) => Err(Gone),
+                },
                 frame = stream.next() => match frame {
                     Some(Ok(AggregatedMessage::Binary(bytes))) => self.on_frame(&mut session, &bytes).await,
                     Some(Ok(AggregatedMessage::Ping(bytes))) => session.pong(&bytes).await.map_err(Gone::from),
@@ -207,6 +236,8 @@ impl Connection {
                 .await?;
                 self.peer = Some(sender_id);
                 if let Some(storage) = metadata.storage_id.filter(|_| !metadata.is_ephemeral) {
+                    // Keyed by device too: one device's storage id never unlocks another's states.
+                    let storage = format!("{}/{storage}", self.principal.device);
                     let engine = self.engine.clone();
                     let key = storage.clone();
                     let saved = web::block(move || engine.store().peer_sync_states(&key)).await;
@@ -239,6 +270,10 @@ impl Connection {
                 let Ok(report) = document_id.parse::<ReportId>() else {
                     return Ok(());
                 };
+                // Only about a document this peer has open — one it was allowed to see.
+                if !self.docs.contains_key(&report) {
+                    return Ok(());
+                }
                 let key = (sender_id.clone(), session_id.clone());
                 if self.seen.get(&key).is_some_and(|last| *last >= count) {
                     return Ok(());
@@ -262,12 +297,14 @@ impl Connection {
         }
     }
 
-    /// Who this peer is across connections: its storage id, or else its peer id.
+    /// Who this peer is across connections: its device and storage id, or else its peer id.
     fn peer_key(&self) -> String {
-        self.storage
+        let peer = self
+            .storage
             .clone()
             .or_else(|| self.peer.clone())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        format!("{}/{peer}", self.principal.device)
     }
 
     fn open(&mut self, report: ReportId, doc_id: String) -> &mut Open {
@@ -281,7 +318,27 @@ impl Connection {
                 .unwrap_or_default(),
             stalled: 0,
             last_heads: Vec::new(),
+            audited: false,
         })
+    }
+
+    /// Whether `report` exists on the server outside this peer's villages. Such a document is
+    /// treated exactly like one that does not exist, except that changes to it are refused.
+    async fn out_of_scope(&self, report: ReportId) -> bool {
+        let engine = self.engine.clone();
+        let principal = self.principal.clone();
+        let village = web::block(move || {
+            engine
+                .working(&report)
+                .ok()
+                .flatten()
+                .filter(|w| w.exists)
+                .and_then(|w| report_village(&w.doc))
+        })
+        .await
+        .ok()
+        .flatten();
+        village.is_some_and(|v| !principal.access.covers(v))
     }
 
     async fn on_sync(
@@ -311,6 +368,16 @@ impl Connection {
             Err(e) => return self.error(session, format!("{doc_id}: {e}")).await,
         };
         let carried = !changes.is_empty();
+        if !self.docs.contains_key(&report) && self.out_of_scope(report).await {
+            if carried {
+                self.error(
+                    session,
+                    format!("{doc_id}: not permitted: this report is outside your villages; nothing was stored"),
+                )
+                .await?;
+            }
+            return self.unavailable(session, doc_id).await;
+        }
         let peer_key = self.peer_key();
         self.open(report, doc_id.clone());
         // A peer keeps offering a change it still has. One already refused for this peer — or
@@ -325,8 +392,9 @@ impl Connection {
             .collect();
         if !fresh.is_empty() {
             let engine = self.engine.clone();
+            let principal = self.principal.clone();
             let judged =
-                web::block(move || engine.ingest(vec![(report, fresh)], Role::Volunteer)).await;
+                web::block(move || engine.ingest(vec![(report, fresh)], &principal, Via::Ws)).await;
             let verdicts = match judged {
                 Ok(Ok(mut j)) => j.remove(&report).unwrap_or_default(),
                 Ok(Err(e)) => {
@@ -380,11 +448,18 @@ impl Connection {
         let doc_id = open.doc_id.clone();
         let refused = self.hub.refused_for(&self.peer_key(), report);
         let engine = self.engine.clone();
+        let principal = self.principal.clone();
         let carried = incoming.as_ref().is_some_and(|(_, carried)| *carried);
         let outcome = web::block(
             move || -> Result<(SyncState, Reply, Vec<ChangeHash>), EngineError> {
+                let in_scope = |w: &crate::engine::Working| {
+                    report_village(&w.doc).is_some_and(|v| principal.access.covers(v))
+                };
                 let mut doc = match engine.working(&report)?.filter(|w| w.exists) {
-                    Some(working) => working.doc.clone(),
+                    Some(working) if in_scope(&working) => working.doc.clone(),
+                    // Created meanwhile in another village (the peer asked for an id that did not
+                    // exist yet): still "unavailable" to this peer.
+                    Some(_) => return Ok((state, Reply::Unavailable, Vec::new())),
                     // A peer offering a document the server lacks is answered as from an empty
                     // document, which asks for its changes; a peer that has nothing either learns
                     // the document is unavailable (a push about it has nothing to say).
@@ -443,6 +518,7 @@ impl Connection {
             Reply::Unavailable => self.unavailable(session, doc_id).await,
             Reply::Nothing => Ok(()),
             Reply::Sync(data) => {
+                self.audit_read(report).await;
                 let target = self.peer.clone().unwrap_or_default();
                 self.send(
                     session,
@@ -455,6 +531,30 @@ impl Connection {
                 )
                 .await
             }
+        }
+    }
+
+    /// Audit the first time this connection sends a document's contents.
+    async fn audit_read(&mut self, report: ReportId) {
+        let Some(open) = self.docs.get_mut(&report) else {
+            return;
+        };
+        if std::mem::replace(&mut open.audited, true) {
+            return;
+        }
+        let store = self.engine.store().clone();
+        let event = AuditEvent::now(
+            self.principal.who(),
+            Action::Read {
+                via: "ws".into(),
+                reports: vec![report.to_string()],
+                redacted: false,
+            },
+        );
+        match web::block(move || store.append_audit(&[event])).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "auditing a WebSocket read"),
+            Err(e) => tracing::error!(error = %e, "auditing a WebSocket read"),
         }
     }
 
