@@ -56,6 +56,9 @@ if (args.interop && !args["interop-note"]) {
   process.exit(2)
 }
 const WS = args.ws
+// desa's HTTP API wants the same device token the WebSocket URL carries (?token=…).
+const TOKEN = new URL(WS).searchParams.get("token")
+const auth = TOKEN ? { authorization: `Bearer ${TOKEN}` } : {}
 const CHECK_TIMEOUT = Number(args["check-timeout"])
 const REPEAT_B = Math.max(1, Number(args["repeat-b"]) || 1)
 const t0 = performance.now()
@@ -311,7 +314,7 @@ if (args.http) {
       // the server may index a report a moment after acknowledging it: poll, with a deadline
       await waitFor(
         async () => {
-          const res = await fetch(`${base}/api/v1/reports/${id}`)
+          const res = await fetch(`${base}/api/v1/reports/${id}`, { headers: auth })
           assert.equal(res.status, 200, `GET report ${id}: HTTP ${res.status}`)
           const body = await res.json()
           assert.deepEqual(plain(body.document), want, `HTTP document of ${id}`)
@@ -337,7 +340,7 @@ if (args.http) {
     const t0 = performance.now()
     const res = await fetch(`${base}/api/v1/reports/${url.slice("automerge:".length)}`, {
       method: "PATCH",
-      headers: { "content-type": "application/json" },
+      headers: { "content-type": "application/json", ...auth },
       body: JSON.stringify({ status: "under_review", note: "pushed from the office" }),
     })
     assert.equal(res.status, 200, `PATCH: HTTP ${res.status}`)

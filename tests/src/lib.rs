@@ -48,13 +48,58 @@ pub struct Server {
     extra: Vec<String>,
     /// A coordinator's token: what `get`, `patch` and `post_sync` authenticate with.
     pub coordinator: String,
+    /// The master key file and audit anchor, outside the data directory.
+    keys: Keys,
+}
+
+/// Where a test server's secrets live: a private directory beside, not inside, the data.
+#[derive(Clone)]
+pub struct Keys {
+    dir: std::sync::Arc<tempfile::TempDir>,
+}
+
+impl Keys {
+    fn new() -> Keys {
+        let dir = tempfile::tempdir().unwrap();
+        let key: String = (0..32)
+            .map(|i| format!("{:02x}", (i * 37 + 11) as u8))
+            .collect();
+        let path = dir.path().join("server.key");
+        std::fs::write(&path, key).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        Keys {
+            dir: std::sync::Arc::new(dir),
+        }
+    }
+
+    /// The master key file.
+    pub fn key_file(&self) -> PathBuf {
+        self.dir.path().join("server.key")
+    }
+
+    /// The audit anchor file.
+    pub fn anchor(&self) -> PathBuf {
+        self.dir.path().join("audit-head")
+    }
+
+    fn apply(&self, command: &mut Command) {
+        command
+            .env("DESA_KEY_FILE", self.key_file())
+            .env("DESA_AUDIT_ANCHOR", self.anchor())
+            .env_remove("DESA_KEY");
+    }
 }
 
 impl Server {
     /// Start on a free port with `data` as its data directory, with a coordinator account.
     pub fn start(data: &Path, extra: &[&str]) -> Server {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (child, port) = spawn(data, 0, &extra);
+        let keys = Keys::new();
+        let (child, port) = spawn(data, 0, &extra, &keys);
         let mut server = Server {
             child,
             data: data.to_owned(),
@@ -62,6 +107,7 @@ impl Server {
             port,
             extra,
             coordinator: String::new(),
+            keys,
         };
         server.coordinator = server.token("office", "coordinator", &[]);
         server
@@ -69,13 +115,35 @@ impl Server {
 
     /// Run `desa-server ARGS --data DATA` (the operator commands), requiring success.
     pub fn admin(&self, args: &[&str]) -> String {
-        let out = admin_command(&self.data, args);
+        let out = self.admin_output(args);
         assert!(
             out.status.success(),
             "desa-server {args:?} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Run `desa-server ARGS --data DATA` with this server's keys, whatever the outcome.
+    pub fn admin_output(&self, args: &[&str]) -> Output {
+        let mut command = Command::new(binary("desa-server"));
+        command
+            .args(args)
+            .arg("--data")
+            .arg(&self.data)
+            .env("RUST_LOG", "warn");
+        self.keys.apply(&mut command);
+        command.output().expect("run desa-server")
+    }
+
+    /// The WebSocket URL with `token` in the query (as a browser's automerge-repo client connects).
+    pub fn ws_url(&self, token: &str) -> String {
+        format!("{}/ws?token={token}", self.url.replacen("http", "ws", 1))
+    }
+
+    /// The secrets' locations.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
     }
 
     /// A new device token for user `name` (created with `role` and `villages` if new).
@@ -85,7 +153,7 @@ impl Server {
             add.extend(["--village", v]);
         }
         // The user may exist already (a second device): then only the device is added.
-        let _ = admin_command(&self.data, &add);
+        let _ = self.admin_output(&add);
         let out = self.admin(&["device", "add", name]);
         out.lines().last().expect("token line").trim().to_owned()
     }
@@ -109,7 +177,7 @@ impl Server {
     /// Start again on the same port and data directory.
     pub fn restart(&mut self) {
         self.kill();
-        let (child, _) = spawn(&self.data, self.port, &self.extra);
+        let (child, _) = spawn(&self.data, self.port, &self.extra, &self.keys);
         self.child = child;
     }
 
@@ -194,18 +262,10 @@ fn response(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u
     )
 }
 
-fn admin_command(data: &Path, args: &[&str]) -> Output {
-    Command::new(binary("desa-server"))
-        .args(args)
-        .arg("--data")
-        .arg(data)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run desa-server")
-}
-
-fn spawn(data: &Path, port: u16, extra: &[String]) -> (Child, u16) {
-    let mut child = Command::new(binary("desa-server"))
+fn spawn(data: &Path, port: u16, extra: &[String], keys: &Keys) -> (Child, u16) {
+    let mut command = Command::new(binary("desa-server"));
+    keys.apply(&mut command);
+    let mut child = command
         .arg("serve")
         .arg("--bind")
         .arg(format!("127.0.0.1:{port}"))

@@ -19,7 +19,7 @@ fn js_dir() -> PathBuf {
 }
 
 fn scenario(server: &Server, extra: &[&str]) -> String {
-    let ws = format!("{}/ws", server.url.replacen("http", "ws", 1));
+    let ws = server.ws_url(&server.coordinator);
     let out = Command::new("node")
         .arg("scenario.mjs")
         .args(["--ws", &ws, "--http", &server.url, "--repeat-b", "5"])

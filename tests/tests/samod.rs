@@ -105,7 +105,8 @@ struct Client {
 impl Client {
     fn connect(rt: &Runtime, server: &Server) -> Client {
         let repo = rt.block_on(Repo::builder(rt.handle().clone()).load());
-        let url = Url::parse(&format!("{}/ws", server.url.replacen("http", "ws", 1))).unwrap();
+        let url =
+            Url::parse(&server.ws_url(&server.token("samod", "volunteer", &[VILLAGE]))).unwrap();
         let mut client = Client {
             repo,
             url,

@@ -17,7 +17,7 @@ type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(server: &Server) -> Socket {
-    let url = format!("{}/ws", server.url.replacen("http", "ws", 1));
+    let url = server.ws_url(&server.coordinator);
     tokio_tungstenite::connect_async(url.as_str())
         .await
         .expect("connect")
