@@ -239,6 +239,12 @@ pub fn http_error(status: u16, body: &[u8], retry_after: Option<u64>) -> Transpo
             ("unexpected answer".to_owned(), text.trim().to_owned())
         }
     };
+    // The volunteer reads the detail in parentheses; an empty one says nothing, the code does.
+    let detail = if detail.is_empty() {
+        error.clone()
+    } else {
+        detail
+    };
     match status {
         401 => TransportError::Unauthorized { detail },
         403 => TransportError::Forbidden { detail },
@@ -296,6 +302,12 @@ mod tests {
             http_error(413, &body("too_large"), None),
             TransportError::TooLarge {
                 detail: "why".into()
+            }
+        );
+        assert_eq!(
+            http_error(401, br#"{"error":"unauthorized"}"#, None),
+            TransportError::Unauthorized {
+                detail: "unauthorized".into()
             }
         );
         assert_eq!(
