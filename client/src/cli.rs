@@ -25,7 +25,8 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create this device's store.
+    /// Create this device's encrypted store. The device token comes from --token-file, else
+    /// DESA_TOKEN, else a prompt; the store passphrase from DESA_PASSPHRASE, else a prompt (twice).
     Init(InitArgs),
     /// Create a report (incident, outreach, foreigner_report); prints its id on the last line.
     New(NewArgs),
@@ -42,10 +43,11 @@ pub enum Command {
     Status(JsonFlag),
 }
 
-/// `desa init`.
+/// `desa init`. The token is deliberately not an option value: the shell history and `ps` would
+/// keep it.
 #[derive(Debug, Clone, Args)]
 pub struct InitArgs {
-    /// The server's base URL, e.g. http://192.168.1.10:8080.
+    /// The server's base URL, e.g. https://desa.example.org or http://192.168.1.10:8080.
     #[arg(long, value_name = "URL")]
     pub server: String,
     /// The village this device reports in (10-digit code, e.g. 6302010001).
@@ -54,6 +56,15 @@ pub struct InitArgs {
     /// Your name for this device: the author of its notes (at most 64 characters).
     #[arg(long)]
     pub name: String,
+    /// A file holding the device token that `desa-server device add` showed (otherwise
+    /// DESA_TOKEN, otherwise you are asked). Delete the file afterwards: the token is kept in the
+    /// encrypted store.
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// The office's own CA certificate (PEM), for an https:// server whose certificate no public
+    /// CA signed. Only this CA is then trusted for the server.
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Field edits shared by `new` and `edit`.

@@ -19,6 +19,14 @@
 //!
 //! Time is read once per command ([`clock::Now`]) and passed down.
 //!
+//! ## Access and protection at rest
+//!
+//! `desa init` takes the device token the office issued ([`secrets`]: a file, `DESA_TOKEN` or a
+//! prompt, never a command-line value); the token's device is this device's id and automerge
+//! actor, and every request shows the token ([`transport`]). The store is a SQLCipher database
+//! keyed from the volunteer's passphrase with argon2id ([`store::crypt`]), so a lost phone does
+//! not give away the names in its reports.
+//!
 //! ## On 2G
 //!
 //! A no-op sync is a few dozen bytes each way. Uploads are split into requests of at most 1 MiB of
@@ -34,6 +42,7 @@ pub mod clock;
 pub mod commands;
 pub mod error;
 pub mod output;
+pub mod secrets;
 pub mod store;
 pub mod transport;
 

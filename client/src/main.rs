@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use desa_client::commands::{self, Io};
 use desa_client::error::EXIT_FAILURE;
+use desa_client::secrets::Terminal;
 use desa_client::{Cli, Now};
 
 fn main() -> ExitCode {
@@ -25,6 +26,7 @@ fn main() -> ExitCode {
     let result = commands::run(
         cli,
         &Now::current(),
+        &mut Terminal,
         &mut Io {
             out: &mut stdout,
             err: &mut stderr,

@@ -3,8 +3,18 @@
 //! [`Transport`] is the only thing `desa sync` needs from the network, so tests plug in an
 //! in-process server ([`sync_core::sim::MemoryServer`]) and the real command uses
 //! [`HttpTransport`].
+//!
+//! Every request carries the device token (`Authorization: Bearer desa_...`). `https://` servers
+//! are checked against Mozilla's roots, or against the office's own CA when the device was set up
+//! with `--ca-file` (then only that CA is trusted). The token never appears in an error or in
+//! `Debug` output.
 
+use std::fmt;
 use std::time::Duration;
+
+use sync_core::DeviceToken;
+use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
+use zeroize::Zeroizing;
 
 /// The server's sync endpoint, relative to its base URL.
 pub const SYNC_PATH: &str = "/api/v1/sync";
@@ -31,7 +41,35 @@ pub enum TransportError {
     /// device holds changes; the sync is repeated later.
     #[error("the server cannot be reached")]
     Offline,
-    /// The server answered with an error status (its JSON `{"error", "detail"}`).
+    /// 401: the server does not accept the device's token (missing, wrong or revoked).
+    #[error("the server does not accept this device's token: {detail}")]
+    Unauthorized {
+        /// The server's explanation.
+        detail: String,
+    },
+    /// 403: the token is good but this device may not do what it asked (e.g. a village outside
+    /// the volunteer's villages).
+    #[error("the server does not permit this device to sync this: {detail}")]
+    Forbidden {
+        /// The server's explanation.
+        detail: String,
+    },
+    /// 413: a request larger than the server takes.
+    #[error("the request is too large for the server: {detail}")]
+    TooLarge {
+        /// The server's explanation.
+        detail: String,
+    },
+    /// 429: too many requests; try again later.
+    #[error("the server is busy")]
+    RateLimited {
+        /// The server's `Retry-After`, in seconds, when it gave one.
+        retry_after: Option<u64>,
+    },
+    /// The TLS connection failed: most often the server's certificate is not trusted.
+    #[error("secure connection to the server failed: {0}")]
+    Tls(String),
+    /// The server answered with another error status (its JSON `{"error", "detail"}`).
     #[error("server refused the sync ({status}): {error}: {detail}")]
     Http {
         /// HTTP status.
@@ -52,17 +90,63 @@ pub trait Transport {
     fn post_sync(&self, body: Vec<u8>) -> Result<Vec<u8>, TransportError>;
 }
 
-/// The real transport: HTTP with ureq (plain http for now; TLS comes later).
-#[derive(Debug)]
+/// The real transport: HTTP or HTTPS with ureq (rustls on ring).
 pub struct HttpTransport {
     agent: ureq::Agent,
     url: String,
+    authorization: Zeroizing<String>,
+}
+
+impl fmt::Debug for HttpTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpTransport")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The certificates of a PEM file, each checked the way rustls will use it as a trust anchor, so
+/// that a wrong file is refused when it is given rather than at every sync. The error says what is
+/// wrong in words for the volunteer.
+pub fn ca_certificates(pem: &[u8]) -> Result<Vec<Certificate<'static>>, String> {
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(pem) {
+        match item {
+            Ok(PemItem::Certificate(cert)) => {
+                let der = rustls_pki_types::CertificateDer::from(cert.der());
+                webpki::anchor_from_trusted_cert(&der)
+                    .map_err(|e| format!("certificate {} is not usable: {e}", certs.len() + 1))?;
+                certs.push(cert);
+            }
+            // A private key has no business here: refuse rather than carry it along.
+            Ok(_) => return Err("it holds a private key; give only the CA certificate".into()),
+            Err(e) => return Err(format!("it is not valid PEM: {e}")),
+        }
+    }
+    if certs.is_empty() {
+        return Err("it holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into());
+    }
+    Ok(certs)
 }
 
 impl HttpTransport {
-    /// A transport to the server at `base` (`http://host:port`).
-    pub fn new(base: &str) -> Self {
+    /// A transport to the server at `base` (`http://host:port` or `https://host`), showing
+    /// `token`, trusting only the CA certificates in `ca_pem` when given.
+    pub fn new(
+        base: &str,
+        token: &DeviceToken,
+        ca_pem: Option<&str>,
+    ) -> Result<Self, TransportError> {
+        let roots = match ca_pem {
+            None => RootCerts::WebPki,
+            Some(pem) => {
+                RootCerts::new_with_certs(&ca_certificates(pem.as_bytes()).map_err(|e| {
+                    TransportError::Tls(format!("the stored office CA certificate: {e}"))
+                })?)
+            }
+        };
         let config = ureq::Agent::config_builder()
+            .tls_config(TlsConfig::builder().root_certs(roots).build())
             .timeout_connect(Some(CONNECT_TIMEOUT))
             .timeout_global(Some(REQUEST_TIMEOUT))
             // Error statuses carry the server's JSON explanation: read it rather than fail.
@@ -71,10 +155,11 @@ impl HttpTransport {
             .max_redirects(0)
             .max_redirects_will_error(false)
             .build();
-        HttpTransport {
+        Ok(HttpTransport {
             agent: ureq::Agent::new_with_config(config),
             url: format!("{}{SYNC_PATH}", base.trim_end_matches('/')),
-        }
+            authorization: Zeroizing::new(format!("Bearer {}", token.reveal().as_str())),
+        })
     }
 }
 
@@ -83,6 +168,7 @@ impl Transport for HttpTransport {
         let mut response = self
             .agent
             .post(&self.url)
+            .header("Authorization", self.authorization.as_str())
             .header("Content-Type", "application/octet-stream")
             .send(&body[..])
             .map_err(classify)?;
@@ -95,19 +181,32 @@ impl Transport for HttpTransport {
                 .read_to_vec()
                 .map_err(classify);
         }
+        let retry_after = response
+            .headers()
+            .get("Retry-After")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
         let text = response
             .body_mut()
             .with_config()
             .limit(MAX_ERROR_BYTES)
             .read_to_vec()
             .map_err(classify)?;
-        Err(http_error(status, &text))
+        Err(http_error(status, &text, retry_after))
     }
 }
 
 /// Sort ureq's errors into "try again later" and "something is wrong".
 fn classify(error: ureq::Error) -> TransportError {
     match error {
+        // A failed handshake comes back as an I/O error around rustls' own: not "offline", since
+        // trying again later will fail the same way.
+        ureq::Error::Io(e) if e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) => {
+            TransportError::Tls(tls_advice(&e.to_string()))
+        }
+        ureq::Error::Rustls(e) => TransportError::Tls(tls_advice(&e.to_string())),
+        ureq::Error::Tls(e) => TransportError::Tls(tls_advice(e)),
+        ureq::Error::Pem(e) => TransportError::Tls(tls_advice(&e.to_string())),
         ureq::Error::Io(_)
         | ureq::Error::Timeout(_)
         | ureq::Error::HostNotFound
@@ -117,39 +216,62 @@ fn classify(error: ureq::Error) -> TransportError {
     }
 }
 
-/// The error of a non-200 answer, from its JSON body when it has one.
-pub fn http_error(status: u16, body: &[u8]) -> TransportError {
+fn tls_advice(reason: &str) -> String {
+    format!(
+        "{reason} (check the server URL; if the office's server has its own certificate, this \
+         device must be set up with desa init --ca-file)"
+    )
+}
+
+/// The error of a non-200 answer, from its JSON body when it has one. 401, 403, 413 and 429 have
+/// their own variants (the status decides, whatever the body's `error` says).
+pub fn http_error(status: u16, body: &[u8], retry_after: Option<u64>) -> TransportError {
     #[derive(serde::Deserialize)]
     struct ErrorBody {
         error: String,
         #[serde(default)]
         detail: String,
     }
-    match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(e) => TransportError::Http {
-            status,
-            error: e.error,
-            detail: e.detail,
-        },
+    let (error, detail) = match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(e) => (e.error, e.detail),
         Err(_) => {
             let text: String = String::from_utf8_lossy(body).chars().take(200).collect();
-            TransportError::Http {
-                status,
-                error: "unexpected answer".into(),
-                detail: text.trim().to_owned(),
-            }
+            ("unexpected answer".to_owned(), text.trim().to_owned())
         }
+    };
+    // The volunteer reads the detail in parentheses; an empty one says nothing, the code does.
+    let detail = if detail.is_empty() {
+        error.clone()
+    } else {
+        detail
+    };
+    match status {
+        401 => TransportError::Unauthorized { detail },
+        403 => TransportError::Forbidden { detail },
+        413 => TransportError::TooLarge { detail },
+        429 => TransportError::RateLimited { retry_after },
+        _ => TransportError::Http {
+            status,
+            error,
+            detail,
+        },
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
     use super::*;
 
     #[test]
     fn error_bodies_are_read() {
         assert_eq!(
-            http_error(422, br#"{"error":"unknown village","detail":"6399999999"}"#),
+            http_error(
+                422,
+                br#"{"error":"unknown village","detail":"6399999999"}"#,
+                None
+            ),
             TransportError::Http {
                 status: 422,
                 error: "unknown village".into(),
@@ -157,12 +279,66 @@ mod tests {
             }
         );
         let TransportError::Http { error, detail, .. } =
-            http_error(502, b"<html>Bad gateway</html>")
+            http_error(502, b"<html>Bad gateway</html>", None)
         else {
             panic!("not an http error");
         };
         assert_eq!(error, "unexpected answer");
         assert!(detail.contains("Bad gateway"));
+        let body = |code: &str| format!(r#"{{"error":"{code}","detail":"why"}}"#).into_bytes();
+        assert_eq!(
+            http_error(401, &body("unauthorized"), None),
+            TransportError::Unauthorized {
+                detail: "why".into()
+            }
+        );
+        assert_eq!(
+            http_error(403, &body("forbidden"), None),
+            TransportError::Forbidden {
+                detail: "why".into()
+            }
+        );
+        assert_eq!(
+            http_error(413, &body("too_large"), None),
+            TransportError::TooLarge {
+                detail: "why".into()
+            }
+        );
+        assert_eq!(
+            http_error(401, br#"{"error":"unauthorized"}"#, None),
+            TransportError::Unauthorized {
+                detail: "unauthorized".into()
+            }
+        );
+        assert_eq!(
+            http_error(429, &body("rate_limited"), Some(30)),
+            TransportError::RateLimited {
+                retry_after: Some(30)
+            }
+        );
+    }
+
+    #[test]
+    fn ca_files_are_checked() {
+        assert!(ca_certificates(b"")
+            .unwrap_err()
+            .contains("no PEM certificate"));
+        assert!(ca_certificates(b"hello")
+            .unwrap_err()
+            .contains("no PEM certificate"));
+        let garbage = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        assert!(ca_certificates(garbage).unwrap_err().contains("not usable"));
+        let broken = b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n";
+        assert!(ca_certificates(broken).is_err());
+    }
+
+    #[test]
+    fn the_token_is_not_in_debug_output() {
+        let token = DeviceToken::new(sync_core::DeviceId::new_random(), [5; 32]);
+        let transport = HttpTransport::new("http://127.0.0.1:1", &token, None).unwrap();
+        let shown = format!("{transport:?}");
+        assert!(!shown.contains(&token.reveal()), "{shown}");
+        assert!(shown.contains("127.0.0.1:1"), "{shown}");
     }
 
     #[test]
@@ -172,7 +348,9 @@ mod tests {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .unwrap_or(9);
-        let transport = HttpTransport::new(&format!("http://127.0.0.1:{port}/"));
+        let token = DeviceToken::new(sync_core::DeviceId::new_random(), [5; 32]);
+        let transport =
+            HttpTransport::new(&format!("http://127.0.0.1:{port}/"), &token, None).unwrap();
         assert_eq!(
             transport.url,
             format!("http://127.0.0.1:{port}/api/v1/sync")

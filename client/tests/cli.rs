@@ -7,15 +7,23 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-/// A store in a fresh temporary directory (in a subdirectory `init` must create).
+mod common;
+
+use common::{new_token, passphrase, PASSPHRASE};
+use sync_core::DeviceToken;
+
+/// A store in a fresh temporary directory (in a subdirectory `init` must create), and the token
+/// the office gave this device (in `DESA_TOKEN`).
 struct Env {
     dir: tempfile::TempDir,
+    token: DeviceToken,
 }
 
 impl Env {
     fn new() -> Self {
         Env {
             dir: tempfile::tempdir().unwrap(),
+            token: new_token(),
         }
     }
 
@@ -32,6 +40,8 @@ impl Env {
             .args(args)
             .env("HOME", self.dir.path().join("home"))
             .env_remove("DESA_STORE")
+            .env("DESA_PASSPHRASE", PASSPHRASE)
+            .env("DESA_TOKEN", self.token.reveal())
             .output()
             .unwrap()
     }
@@ -88,6 +98,10 @@ fn init(env: &Env, server: &str) {
     ]);
     assert!(out.contains("Labuan Barat"), "{out}");
     assert!(env.store().exists());
+    // The token's device is this device.
+    let status = env.json(&["status", "--json"]);
+    assert_eq!(status["device"]["id"], env.token.device().to_string());
+    assert_eq!(status["device"]["has_token"], true);
 }
 
 fn last_line(text: &str) -> String {
@@ -315,6 +329,7 @@ fn the_store_comes_from_desa_store_and_a_damaged_row_is_an_error() {
         .args(["show", &id, "--json"])
         .env("DESA_STORE", env.store())
         .env("HOME", env.dir.path().join("home"))
+        .env("DESA_PASSPHRASE", PASSPHRASE)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
@@ -336,7 +351,10 @@ fn the_store_comes_from_desa_store_and_a_damaged_row_is_an_error() {
     assert!(stderr(&sync).contains("damaged"), "{}", stderr(&sync));
 }
 
+/// Change the store behind desa's back, through the one function that opens a store.
 fn damage(store: &Path, sql: &str) {
-    let conn = rusqlite::Connection::open(store).unwrap();
+    let conn = desa_client::store::crypt::connect(store, &passphrase())
+        .unwrap()
+        .conn;
     assert_eq!(conn.execute(sql, []).unwrap(), 1);
 }

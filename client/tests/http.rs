@@ -1,140 +1,24 @@
-//! The real `desa` binary syncing over real HTTP with a minimal stand-in server: the in-process
-//! `MemoryServer` behind a few lines of HTTP/1.1 on a port the OS picked.
+//! The real `desa` binary syncing over real HTTP with a minimal stand-in server (the in-process
+//! `MemoryServer` behind a few lines of HTTP/1.1 that, like the real server, wants a bearer token),
+//! and what the volunteer is told when the server refuses.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Command, Output};
-use std::sync::{Arc, Mutex};
+mod common;
 
-use serde_json::Value;
-use sync_core::sim::MemoryServer;
+use std::sync::Arc;
 
-/// What the stand-in server answers: (status, content type, body) for a request body.
-type Answer = dyn Fn(&[u8]) -> (u16, &'static str, Vec<u8>) + Send + Sync;
-
-/// Serve every connection on a fresh port with `answer`; returns the base URL. The thread lives
-/// as long as the test process (it blocks in `accept`).
-fn serve(answer: Arc<Answer>) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
-            let mut reader = BufReader::new(stream);
-            let mut request_line = String::new();
-            reader.read_line(&mut request_line).unwrap();
-            let (mut length, mut content_type) = (0usize, String::new());
-            loop {
-                let mut line = String::new();
-                reader.read_line(&mut line).unwrap();
-                let line = line.trim_end();
-                if line.is_empty() {
-                    break;
-                }
-                let (name, value) = line.split_once(':').unwrap();
-                match name.to_ascii_lowercase().as_str() {
-                    "content-length" => length = value.trim().parse().unwrap(),
-                    "content-type" => content_type = value.trim().to_owned(),
-                    _ => {}
-                }
-            }
-            let mut body = vec![0; length];
-            reader.read_exact(&mut body).unwrap();
-            let (status, kind, reply) = if request_line.starts_with("POST /api/v1/sync ")
-                && content_type == "application/octet-stream"
-            {
-                answer(&body)
-            } else {
-                (
-                    404,
-                    "text/plain",
-                    format!("no route: {request_line}").into_bytes(),
-                )
-            };
-            let mut stream = reader.into_inner();
-            let head = format!(
-                "HTTP/1.1 {status} X\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                reply.len()
-            );
-            let _ = stream.write_all(head.as_bytes());
-            let _ = stream.write_all(&reply);
-        }
-    });
-    url
-}
-
-/// A stand-in for the real server around one `MemoryServer`.
-fn memory_server() -> String {
-    let server = Mutex::new(MemoryServer::new());
-    serve(Arc::new(move |body: &[u8]| {
-        match server.lock().unwrap().handle(body) {
-            Ok(reply) => (200, "application/octet-stream", reply),
-            Err(e) => (
-                400,
-                "application/json",
-                serde_json::json!({"error": "bad request", "detail": e.to_string()})
-                    .to_string()
-                    .into_bytes(),
-            ),
-        }
-    }))
-}
-
-struct Phone {
-    dir: tempfile::TempDir,
-}
-
-impl Phone {
-    fn new(server: &str, name: &str) -> Self {
-        let phone = Phone {
-            dir: tempfile::tempdir().unwrap(),
-        };
-        phone.ok(&[
-            "init",
-            "--server",
-            server,
-            "--village",
-            "6302010001",
-            "--name",
-            name,
-        ]);
-        phone
-    }
-
-    fn store(&self) -> PathBuf {
-        self.dir.path().join("store.db")
-    }
-
-    fn desa(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_desa"))
-            .args(args)
-            .env("DESA_STORE", self.store())
-            .env("HOME", self.dir.path())
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.desa(args);
-        assert!(
-            out.status.success(),
-            "desa {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        serde_json::from_str(&self.ok(args)).unwrap()
-    }
-}
+use common::phone::{stderr, Phone};
+use common::stand_in::{serve, Reply, Request, StandIn};
 
 #[test]
 fn two_phones_sync_over_http() {
-    let url = memory_server();
-    let (rina, budi) = (Phone::new(&url, "Rina"), Phone::new(&url, "Budi"));
+    let server = StandIn::start(None);
+    let (rina, budi) = (
+        Phone::init(&server.url, "Rina", &[]),
+        Phone::init(&server.url, "Budi", &[]),
+    );
+    server.register(&rina.token);
+    server.register(&budi.token);
     let made = rina.ok(&[
         "new",
         "incident",
@@ -146,18 +30,19 @@ fn two_phones_sync_over_http() {
     let id = made.lines().last().unwrap().to_owned();
 
     let out = rina.desa(&["sync"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", stderr(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout
             .contains("synced: 1 change sent (1 accepted, 0 refused, 0 held), 0 reports received"),
         "{stdout}"
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("sync: page 1"));
+    assert!(stderr(&out).contains("sync: page 1"));
+    // The token went with the request, as the contract says.
+    assert_eq!(
+        server.seen.lock().unwrap()[0],
+        Some(format!("Bearer {}", rina.token.reveal()))
+    );
 
     let out = budi.ok(&["sync"]);
     assert!(out.contains("1 report received"), "{out}");
@@ -175,41 +60,133 @@ fn two_phones_sync_over_http() {
     assert!(rina.json(&["status", "--json"])["last_sync"].is_string());
 }
 
-#[test]
-fn a_refused_request_changes_nothing() {
-    let url = serve(Arc::new(|_: &[u8]| {
-        (
-            422,
-            "application/json",
-            br#"{"error":"unknown village","detail":"6302010001 is not served here"}"#.to_vec(),
-        )
-    }));
-    let phone = Phone::new(&url, "Rina");
+/// A phone with one waiting change syncs with a server that answers `reply`; returns the exit
+/// code and stderr, after checking that the store is exactly as it was.
+fn refused_by(reply: Reply) -> (Option<i32>, String) {
+    let url = serve(Arc::new(move |_: &Request| reply.clone()), None);
+    let phone = Phone::init(&url, "Rina", &[]);
     phone.ok(&["new", "foreigner_report", "--set", "nationality=unknown"]);
     let before = phone.json(&["status", "--json"]);
     let out = phone.desa(&["sync"]);
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(phone.json(&["status", "--json"]), before);
+    assert_eq!(before["waiting"], 1);
+    let text = stderr(&out);
     assert!(
-        stderr.contains(
-            "server refused the sync (422): unknown village: 6302010001 is not served here"
-        ),
-        "{stderr}"
+        text.contains("Your 1 change is kept on this device"),
+        "{text}"
+    );
+    assert!(!text.contains(&phone.token.reveal()), "{text}");
+    (out.status.code(), text)
+}
+
+#[test]
+fn an_unknown_token_is_refused_and_the_volunteer_told_to_contact_the_office() {
+    let server = StandIn::start(None);
+    // Never registered: the office did not add this device, or revoked it.
+    let phone = Phone::init(&server.url, "Rina", &[]);
+    phone.ok(&["new", "foreigner_report", "--set", "nationality=unknown"]);
+    let before = phone.json(&["status", "--json"]);
+    let out = phone.desa(&["sync"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let text = stderr(&out);
+    assert!(
+        text.contains("did not accept this device's token")
+            && text.contains("contact the office")
+            && text.contains("Your 1 change is kept on this device"),
+        "{text}"
     );
     assert_eq!(phone.json(&["status", "--json"]), before);
+
+    // Once the office adds it, the same store syncs.
+    server.register(&phone.token);
+    assert!(phone.ok(&["sync"]).contains("1 accepted"));
+}
+
+#[test]
+fn a_request_without_a_token_is_401() {
+    // The stand-in itself must refuse a request without the header, or the tests above prove
+    // nothing about what desa sends.
+    let server = StandIn::start(None);
+    let response = ureq::post(format!("{}/api/v1/sync", server.url))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .header("Content-Type", "application/octet-stream")
+        .send(&b"x"[..])
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+}
+
+#[test]
+fn forbidden_is_exit_3_with_the_servers_reason() {
+    let (code, text) = refused_by(Reply::error(
+        403,
+        "forbidden",
+        "village 6302010001 is not one of this volunteer's villages",
+    ));
+    assert_eq!(code, Some(3), "{text}");
+    assert!(
+        text.contains("does not permit this device")
+            && text.contains("not one of this volunteer's villages")
+            && text.contains("contact the office"),
+        "{text}"
+    );
+}
+
+#[test]
+fn rate_limited_is_exit_2_with_the_wait() {
+    let (code, text) =
+        refused_by(Reply::error(429, "rate_limited", "slow down").with_header("Retry-After", "30"));
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("the server is busy: sync again in 30 seconds"),
+        "{text}"
+    );
+}
+
+#[test]
+fn too_large_is_a_failure_that_keeps_the_changes() {
+    let (code, text) = refused_by(Reply::error(413, "too_large", "request over 2 MiB"));
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("too large (request over 2 MiB)"), "{text}");
+}
+
+#[test]
+fn a_refused_request_changes_nothing() {
+    let (code, text) = refused_by(Reply::error(
+        422,
+        "unknown village",
+        "6302010001 is not served here",
+    ));
+    assert_eq!(code, Some(1));
+    assert!(
+        text.contains(
+            "server refused the sync (422): unknown village: 6302010001 is not served here"
+        ),
+        "{text}"
+    );
 }
 
 #[test]
 fn an_answer_that_is_not_a_sync_response_changes_nothing() {
-    let url = serve(Arc::new(|_: &[u8]| {
-        (200, "text/html", b"<html>captive portal</html>".to_vec())
-    }));
-    let phone = Phone::new(&url, "Rina");
+    let url = serve(
+        Arc::new(|_: &Request| Reply {
+            status: 200,
+            content_type: "text/html",
+            headers: Vec::new(),
+            body: b"<html>captive portal</html>".to_vec(),
+        }),
+        None,
+    );
+    let phone = Phone::init(&url, "Rina", &[]);
     phone.ok(&["new", "foreigner_report", "--set", "nationality=unknown"]);
     let before = phone.json(&["status", "--json"]);
     let out = phone.desa(&["sync"]);
     assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("could not be used"), "{stderr}");
+    assert!(
+        stderr(&out).contains("could not be used"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(phone.json(&["status", "--json"]), before);
 }

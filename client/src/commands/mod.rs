@@ -9,11 +9,14 @@ pub mod status;
 pub mod sync;
 
 use std::io::Write;
+use std::path::Path;
 
 use crate::cli::{Cli, Command};
 use crate::clock::Now;
 use crate::error::CliError;
-use crate::store::Store;
+use crate::secrets::{self, Secrets};
+use crate::store::crypt::{self, Format};
+use crate::store::{Store, StoreError};
 use crate::transport::HttpTransport;
 
 /// Where a command prints: results on `out`, progress and diagnostics on `err`.
@@ -24,20 +27,55 @@ pub struct Io<'a> {
     pub err: &'a mut dyn Write,
 }
 
-/// Run one parsed command line.
-pub fn run(cli: Cli, now: &Now, io: &mut Io<'_>) -> Result<(), CliError> {
+/// Run one parsed command line. Secrets (the token at `init`, the store passphrase) come from
+/// `sources`.
+pub fn run(
+    cli: Cli,
+    now: &Now,
+    sources: &mut dyn Secrets,
+    io: &mut Io<'_>,
+) -> Result<(), CliError> {
     let path = cli.store_path()?;
-    match cli.command {
-        Command::Init(args) => init::run(&path, &args, now, io.out),
-        Command::New(args) => report::run_new(&mut Store::open(&path)?, &args, now, io.out),
-        Command::Edit(args) => report::run_edit(&mut Store::open(&path)?, &args, now, io.out),
-        Command::Show(args) => show::run(&Store::open(&path)?, args.id, args.json, io.out),
-        Command::List(flag) => list::run(&Store::open(&path)?, flag.json, io.out),
-        Command::Status(flag) => status::run(&Store::open(&path)?, flag.json, io.out),
+    let command = match cli.command {
+        Command::Init(args) => return init::run(&path, &args, now, sources, io),
+        other => other,
+    };
+    let mut store = open(&path, sources, io)?;
+    match command {
+        Command::Init(_) => Err(StoreError::Exists(path).into()),
+        Command::New(args) => report::run_new(&mut store, &args, now, io.out),
+        Command::Edit(args) => report::run_edit(&mut store, &args, now, io.out),
+        Command::Show(args) => show::run(&store, args.id, args.json, io.out),
+        Command::List(flag) => list::run(&store, flag.json, io.out),
+        Command::Status(flag) => status::run(&store, flag.json, io.out),
         Command::Sync => {
-            let mut store = Store::open(&path)?;
-            let transport = HttpTransport::new(&store.device()?.server);
+            let waiting: usize = store.waiting()?.iter().map(|(_, n)| n).sum();
+            let token = store.token()?.ok_or(CliError::NoToken { waiting })?;
+            let device = store.device()?;
+            let ca = store.server_ca_pem()?;
+            let transport = HttpTransport::new(&device.server, &token, ca.as_deref())
+                .map_err(|e| sync::transport_error(e, waiting))?;
             sync::run(&mut store, &transport, now, io)
         }
     }
+}
+
+/// Open the store at `path`, asking for its passphrase only once the file is known to be there.
+/// A store written before encryption is encrypted now, with a new passphrase (asked twice), and
+/// the volunteer is told once.
+pub fn open(path: &Path, sources: &mut dyn Secrets, io: &mut Io<'_>) -> Result<Store, CliError> {
+    let passphrase = match crypt::format(path)? {
+        Format::Encrypted { .. } => secrets::passphrase(sources, path)?,
+        Format::Plaintext => secrets::new_passphrase(sources)?,
+    };
+    let store = Store::open(path, &passphrase)?;
+    if store.encrypted_now() {
+        writeln!(
+            io.err,
+            "the store at {} was not encrypted (an older desa made it): it is now, with your \
+             passphrase. Every report and waiting change was kept.",
+            path.display()
+        )?;
+    }
+    Ok(store)
 }

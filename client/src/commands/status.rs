@@ -40,6 +40,8 @@ pub struct DeviceView {
     pub village_name: String,
     /// Server base URL.
     pub server: String,
+    /// Whether the store holds the device token (the token itself is never shown).
+    pub has_token: bool,
 }
 
 /// A position in one village's feed.
@@ -88,6 +90,7 @@ pub fn gather(store: &Store) -> Result<StatusView, CliError> {
             village: device.village.to_string(),
             village_name: device.village.village().name.clone(),
             server: device.server,
+            has_token: store.token()?.is_some(),
         },
         last_sync: store.last_sync()?,
         positions: store
@@ -133,9 +136,17 @@ pub fn run(store: &Store, json: bool, out: &mut dyn Write) -> Result<(), CliErro
         return Ok(());
     }
     let d = &status.device;
-    writeln!(out, "device:    {} ({})", d.name, d.id)?;
+    writeln!(out, "device:    {}", d.name)?;
+    writeln!(out, "device id: {}", d.id)?;
     writeln!(out, "village:   {}", village_label(&d.village))?;
     writeln!(out, "server:    {}", d.server)?;
+    let token = if d.has_token {
+        "kept in the store (never shown)"
+    } else {
+        "none: ask the office for a device token"
+    };
+    writeln!(out, "token:     {token}")?;
+    writeln!(out, "store:     {} (encrypted)", store.path().display())?;
     let last = status.last_sync.as_deref().unwrap_or("never");
     writeln!(out, "last sync: {last}")?;
 

@@ -67,21 +67,10 @@ pub fn sync(
                 .map(|(_, changes)| changes.len())
                 .sum::<usize>();
         let body = state.request(&outbox).encode();
-        let answer = transport.post_sync(body).map_err(|e| match e {
-            TransportError::Offline => CliError::Offline {
-                waiting: waiting.iter().map(|(_, changes)| changes.len()).sum(),
-            },
-            TransportError::Http {
-                status,
-                error,
-                detail,
-            } => CliError::ServerRefused {
-                status,
-                error,
-                detail,
-            },
-            TransportError::Protocol(message) => CliError::BadAnswer(message),
-        })?;
+        let in_outbox: usize = waiting.iter().map(|(_, changes)| changes.len()).sum();
+        let answer = transport
+            .post_sync(body)
+            .map_err(|e| transport_error(e, in_outbox))?;
         let response =
             SyncResponse::decode(&answer).map_err(|e| CliError::BadAnswer(e.to_string()))?;
         let mut next = state.clone();
@@ -142,6 +131,32 @@ pub fn sync(
             continue;
         }
         return Ok(summary);
+    }
+}
+
+/// What a failed round trip means for the volunteer, with the changes still waiting.
+pub fn transport_error(error: TransportError, waiting: usize) -> CliError {
+    match error {
+        TransportError::Offline => CliError::Offline { waiting },
+        TransportError::Unauthorized { detail } => CliError::Unauthorized { detail, waiting },
+        TransportError::Forbidden { detail } => CliError::Forbidden { detail, waiting },
+        TransportError::TooLarge { detail } => CliError::TooLarge { detail, waiting },
+        TransportError::RateLimited { retry_after } => CliError::RateLimited {
+            retry_after,
+            waiting,
+        },
+        TransportError::Tls(reason) => CliError::Tls { reason, waiting },
+        TransportError::Http {
+            status,
+            error,
+            detail,
+        } => CliError::ServerRefused {
+            status,
+            error,
+            detail,
+            waiting,
+        },
+        TransportError::Protocol(message) => CliError::BadAnswer(message),
     }
 }
 

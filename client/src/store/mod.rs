@@ -4,8 +4,10 @@
 //! Reads go through [`Store`]; every write goes through a [`StoreTx`] (one immediate SQLite
 //! transaction), which also implements sync-core's
 //! [`DeviceStore`](sync_core::protocol::absorb::DeviceStore), so that a whole sync round is
-//! absorbed atomically. Schema and versions: [`schema`].
+//! absorbed atomically. Schema and versions: [`schema`]. The file is encrypted with a key derived
+//! from the volunteer's passphrase ([`crypt`]); [`crypt::connect`] is the one way in.
 
+pub mod crypt;
 mod rows;
 pub mod schema;
 mod tx;
@@ -14,12 +16,14 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
+use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 use sync_core::automerge::ChangeHash;
 use sync_core::protocol::device::DeviceSync;
-use sync_core::{DeviceId, Report, ReportId, VillageCode};
+use sync_core::{DeviceId, DeviceToken, Report, ReportId, VillageCode};
 
 use crate::clock::Now;
+use crate::secrets::Passphrase;
+use crypt::StoreKey;
 pub use tx::StoreTx;
 
 /// Why the store could not do what was asked.
@@ -39,6 +43,9 @@ pub enum StoreError {
     /// The file is not a desa store.
     #[error("{0} is not a desa store")]
     NotAStore(PathBuf),
+    /// The passphrase does not open the store. Nothing was read or written.
+    #[error("wrong passphrase for the device store at {0}")]
+    WrongPassphrase(PathBuf),
     /// Written by a newer `desa`.
     #[error(
         "the store at {path} has schema version {found}; this desa understands up to {supported}: \
@@ -84,6 +91,20 @@ pub struct DeviceInfo {
     pub server: String,
 }
 
+/// What a new store is made with, besides who the device is.
+#[derive(Debug)]
+pub struct NewStore<'a> {
+    /// Who the device is; `device.id` must be the token's device.
+    pub device: &'a DeviceInfo,
+    /// The device token, shown to the server with every request.
+    pub token: &'a DeviceToken,
+    /// The office's own CA certificate(s), PEM, when the server's certificate is not signed by a
+    /// public CA.
+    pub ca_pem: Option<&'a str>,
+    /// The initial sync positions.
+    pub sync: &'a DeviceSync,
+}
+
 /// One report as `desa list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReportSummary {
@@ -121,19 +142,26 @@ pub struct StoredRefusal {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    encrypted_now: bool,
 }
 
 impl Store {
-    /// Create a new store at `path` (and its directory). Refuses if anything is already there.
+    /// Create a new store at `path` (and its directory), encrypted with a key derived from
+    /// `passphrase`. Refuses if anything is already there.
     ///
     /// The file is created first, exclusively, readable by its owner only: it holds names of
     /// victims and witnesses. If a later step fails the file is removed, so `init` can be retried.
     pub fn create(
         path: &Path,
-        device: &DeviceInfo,
-        sync: &DeviceSync,
+        new: &NewStore<'_>,
+        passphrase: &Passphrase,
         now: &Now,
     ) -> Result<Store, StoreError> {
+        if new.token.device() != new.device.id {
+            return Err(StoreError::Setup(
+                "the device id must be the token's device".into(),
+            ));
+        }
         if path.exists() {
             return Err(StoreError::Exists(path.to_owned()));
         }
@@ -150,7 +178,7 @@ impl Store {
                 source,
             },
         })?;
-        let made = Self::fill(path, device, sync, now);
+        let made = StoreKey::fresh(passphrase).and_then(|key| Self::fill(path, new, &key, now));
         if made.is_err() {
             // Best effort: the error being returned is the one worth showing.
             let _ = fs::remove_file(path);
@@ -160,14 +188,22 @@ impl Store {
 
     fn fill(
         path: &Path,
-        device: &DeviceInfo,
-        sync: &DeviceSync,
+        new: &NewStore<'_>,
+        key: &StoreKey,
         now: &Now,
     ) -> Result<Store, StoreError> {
-        let mut conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+        let mut conn = crypt::open_keyed(path, key)?;
         schema::configure(&conn)?;
+        // Switching to write-ahead logging wrote page 1 to the file itself. If SQLCipher did not
+        // put the salt first, no later `desa` could find the key: better to fail now.
+        if crypt::format(path)? != (crypt::Format::Encrypted { salt: key.salt() }) {
+            return Err(StoreError::Setup(
+                "SQLCipher did not write the salt at the start of the store".into(),
+            ));
+        }
         schema::migrate(&mut conn, path)?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let device = new.device;
         let settings = [
             ("device_id", device.id.to_string()),
             ("device_name", device.name.clone()),
@@ -178,26 +214,35 @@ impl Store {
         for (key, value) in &settings {
             rows::put_meta(&tx, key, value.as_bytes())?;
         }
-        rows::put_sync_state(&tx, sync)?;
+        rows::put_meta(
+            &tx,
+            "token",
+            zeroize::Zeroizing::new(new.token.reveal()).as_bytes(),
+        )?;
+        if let Some(pem) = new.ca_pem {
+            rows::put_meta(&tx, "server_ca_pem", pem.as_bytes())?;
+        }
+        rows::put_sync_state(&tx, new.sync)?;
         tx.commit()?;
         Ok(Store {
             conn,
             path: path.to_owned(),
+            encrypted_now: false,
         })
     }
 
-    /// Open the store at `path`, upgrading its schema if it is older than this build's.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
-        if !path.exists() {
-            return Err(StoreError::Missing(path.to_owned()));
-        }
-        let not_a_store = |e: rusqlite::Error| match e.sqlite_error_code() {
+    /// Open the store at `path` with its passphrase, upgrading its schema if it is older than this
+    /// build's. A store written before encryption is encrypted with `passphrase` first
+    /// ([`Store::encrypted_now`] tells).
+    pub fn open(path: &Path, passphrase: &Passphrase) -> Result<Store, StoreError> {
+        let crypt::Connected {
+            mut conn,
+            encrypted_now,
+        } = crypt::connect(path, passphrase)?;
+        let version = schema::version(&conn).map_err(|e| match e.sqlite_error_code() {
             Some(ErrorCode::NotADatabase) => StoreError::NotAStore(path.to_owned()),
             _ => StoreError::Sqlite(e),
-        };
-        let mut conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
-            .map_err(not_a_store)?;
-        let version = schema::version(&conn).map_err(not_a_store)?;
+        })?;
         if version == 0 {
             return Err(StoreError::NotAStore(path.to_owned()));
         }
@@ -206,7 +251,37 @@ impl Store {
         Ok(Store {
             conn,
             path: path.to_owned(),
+            encrypted_now,
         })
+    }
+
+    /// Whether opening found a plain SQLite store (written before stores were encrypted) and
+    /// encrypted it, so that the volunteer can be told once.
+    pub fn encrypted_now(&self) -> bool {
+        self.encrypted_now
+    }
+
+    /// The device token, if the store has one (stores made before tokens have none).
+    pub fn token(&self) -> Result<Option<DeviceToken>, StoreError> {
+        let Some(text) = rows::meta_text(&self.conn, "token")?.map(zeroize::Zeroizing::new) else {
+            return Ok(None);
+        };
+        // The stored text is not repeated in the error.
+        let token: DeviceToken = text
+            .parse()
+            .map_err(|_| StoreError::Corrupt("the stored device token does not parse".into()))?;
+        if token.device() != self.device()?.id {
+            return Err(StoreError::Corrupt(
+                "the stored device token belongs to another device".into(),
+            ));
+        }
+        Ok(Some(token))
+    }
+
+    /// The office CA certificate(s) the server's certificate is checked against, if given at
+    /// `init` (otherwise the public web roots are used).
+    pub fn server_ca_pem(&self) -> Result<Option<String>, StoreError> {
+        rows::meta_text(&self.conn, "server_ca_pem")
     }
 
     /// Where the store is.
@@ -345,7 +420,7 @@ fn private_dir(dir: &Path) -> io::Result<()> {
 }
 
 #[cfg(unix)]
-fn private_file(path: &Path) -> io::Result<()> {
+pub(crate) fn private_file(path: &Path) -> io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     fs::OpenOptions::new()
         .write(true)
@@ -356,7 +431,7 @@ fn private_file(path: &Path) -> io::Result<()> {
 }
 
 #[cfg(not(unix))]
-fn private_file(path: &Path) -> io::Result<()> {
+pub(crate) fn private_file(path: &Path) -> io::Result<()> {
     fs::OpenOptions::new()
         .write(true)
         .create_new(true)

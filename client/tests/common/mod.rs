@@ -2,20 +2,85 @@
 //! an in-process server behind the `Transport` trait.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod phone;
+pub mod stand_in;
+
 use std::cell::RefCell;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use desa_client::args::Assignment;
 use desa_client::cli::{EditArgs, FieldEdits, InitArgs, NewArgs};
-use desa_client::commands::{init, report, show, sync};
-use desa_client::store::DeviceInfo;
+use desa_client::commands::init::{self, InitSecrets};
+use desa_client::commands::{report, show, sync};
+use desa_client::secrets::Passphrase;
+use desa_client::store::{crypt, DeviceInfo};
 use desa_client::transport::{Transport, TransportError};
 use desa_client::{CliError, Now, Store};
 use serde_json::Value;
 use sync_core::sim::MemoryServer;
-use sync_core::{ReportId, ReportKind};
+use sync_core::{DeviceId, DeviceToken, ReportId, ReportKind};
 
 pub const VILLAGE: &str = "6302010001";
+
+/// The store passphrase of every test device.
+pub const PASSPHRASE: &str = "a long test passphrase";
+
+pub fn passphrase() -> Passphrase {
+    Passphrase::new(PASSPHRASE)
+}
+
+/// A token as `desa-server device add` would show it: a new device and 256 random bits.
+pub fn new_token() -> DeviceToken {
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).unwrap();
+    DeviceToken::new(DeviceId::new_random(), secret)
+}
+
+/// Every file in `dir` (recursively) whose bytes contain `needle`.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(files_containing(&path, needle));
+        } else if std::fs::read(&path)
+            .unwrap()
+            .windows(needle.len())
+            .any(|w| w == needle)
+        {
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// Write a plaintext copy of the encrypted store at `path` to `to`: the file a `desa` from before
+/// encryption would have left (a plain SQLite database in write-ahead-log mode, and no token, which
+/// stores did not have then). Opens the store through `crypt::connect`, the one way in.
+pub fn plaintext_copy(path: &Path, to: &Path) {
+    let conn = crypt::connect(path, &passphrase()).unwrap().conn;
+    // The store's connection may not create files: the attached database must exist.
+    std::fs::File::create(to).unwrap();
+    conn.execute("ATTACH DATABASE ?1 AS plain KEY ''", [to.to_str().unwrap()])
+        .unwrap();
+    conn.query_row("SELECT sqlcipher_export('plain')", [], |_| Ok(()))
+        .unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .unwrap();
+    conn.pragma_update(Some("plain"), "user_version", version)
+        .unwrap();
+    conn.execute("DELETE FROM plain.meta WHERE key = 'token'", [])
+        .unwrap();
+    conn.execute_batch("DETACH DATABASE plain").unwrap();
+    drop(conn);
+    let plain = rusqlite::Connection::open(to).unwrap();
+    let mode: String = plain
+        .query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    assert_eq!(&std::fs::read(to).unwrap()[..16], b"SQLite format 3\0");
+}
 
 /// A fixed clock: tests do not depend on the machine's.
 pub fn now() -> Now {
@@ -75,7 +140,8 @@ impl Transport for Unreachable {
 pub struct Device {
     pub store: Store,
     pub info: DeviceInfo,
-    _dir: tempfile::TempDir,
+    pub token: DeviceToken,
+    pub dir: tempfile::TempDir,
 }
 
 impl Device {
@@ -86,13 +152,27 @@ impl Device {
             server: "http://127.0.0.1:1".into(),
             village: VILLAGE.into(),
             name: name.into(),
+            token_file: None,
+            ca_file: None,
         };
-        let (store, info) = init::create(&path, &args, &now()).unwrap();
+        let token = new_token();
+        let secrets = InitSecrets {
+            token: token.clone(),
+            passphrase: passphrase(),
+        };
+        let (store, info) = init::create(&path, &args, &secrets, &now()).unwrap();
+        assert_eq!(info.id, token.device());
         Device {
             store,
             info,
-            _dir: dir,
+            token,
+            dir,
         }
+    }
+
+    /// The store file.
+    pub fn path(&self) -> PathBuf {
+        self.store.path().to_owned()
     }
 
     pub fn create(&mut self, kind: ReportKind, set: &[&str]) -> ReportId {
