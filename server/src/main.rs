@@ -9,8 +9,9 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
-use desa_server::config::{Cli, Command};
-use desa_server::startup::Application;
+use desa_server::admin;
+use desa_server::config::{AuditCommand, Cli, Command, DeviceCommand, StoreArgs, UserCommand};
+use desa_server::startup::{open_store, Application};
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -24,6 +25,55 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(settings) => serve(&settings),
+        Command::User(UserCommand::Add {
+            name,
+            role,
+            villages,
+            store,
+        }) => operate(&store, |s, _| {
+            let villages = villages
+                .iter()
+                .map(|v| sync_core::VillageCode::parse(v))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| admin::AdminError::Invalid(e.to_string()))?;
+            admin::add_user(s, &name, role, &villages)
+        }),
+        Command::User(UserCommand::List { store }) => operate(&store, |s, _| admin::list_users(s)),
+        Command::Device(DeviceCommand::Add { user, store }) => operate(&store, |s, _| {
+            let mut secret = [0u8; 32];
+            getrandom::fill(&mut secret).map_err(|e| {
+                admin::AdminError::Invalid(format!("no random source for a token: {e}"))
+            })?;
+            admin::add_device(s, &user, secret)
+        }),
+        Command::Device(DeviceCommand::Revoke { device, store }) => {
+            operate(&store, |s, _| admin::revoke_device(s, &device))
+        }
+        Command::Audit(AuditCommand::Verify { store }) => operate(&store, |s, args| {
+            let (key, anchor) = desa_server::startup::audit_key(args)
+                .map_err(|e| admin::AdminError::Invalid(e.to_string()))?;
+            admin::verify_audit(s, &key, Some(&anchor))
+        }),
+    }
+}
+
+/// Run an operator command on the database of `args`; print its outcome.
+fn operate(
+    args: &StoreArgs,
+    command: impl FnOnce(&dyn desa_server::store::Store, &StoreArgs) -> Result<String, admin::AdminError>,
+) -> ExitCode {
+    let outcome = open_store(args)
+        .map_err(|e| e.to_string())
+        .and_then(|(store, _)| command(&store, args).map_err(|e| e.to_string()));
+    match outcome {
+        Ok(text) => {
+            println!("{}", text.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("desa-server: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

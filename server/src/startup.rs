@@ -8,7 +8,10 @@ use actix_web::dev::Server;
 use actix_web::{middleware, web, App, HttpServer};
 
 use crate::auth::Directory;
-use crate::config::Settings;
+use std::path::PathBuf;
+
+use crate::audit::AuditKey;
+use crate::config::{Settings, StoreArgs};
 use crate::engine::Engine;
 use crate::routes::{self, Limits};
 use crate::store::sqlite::SqliteStore;
@@ -40,6 +43,46 @@ pub enum StartError {
     },
 }
 
+/// Open (creating if needed) the encrypted database of `args`, with its audit trail sealed by the
+/// key derived from the master key and anchored outside the data directory.
+pub fn open_store(args: &StoreArgs) -> Result<(SqliteStore, PathBuf), StartError> {
+    std::fs::create_dir_all(&args.data).map_err(|e| {
+        StartError::Config(format!(
+            "creating data directory {}: {e}",
+            args.data.display()
+        ))
+    })?;
+    let (master, origin) = keys::resolve(args.key_file.as_deref(), args.env_key.as_ref(), &args.data)?;
+    tracing::info!(key = %origin, "database key");
+    let anchor = anchor_path(args)?;
+    let db = args.data.join("desa.sqlite3");
+    let encryption = Encryption::Key(master.subkey(keys::SQLCIPHER_LABEL));
+    let store = SqliteStore::open(&db, encryption)
+        .map_err(|source| match source {
+            // Already one sentence naming the file.
+            e @ StoreError::WrongKey { .. } => StartError::Config(e.to_string()),
+            source => StartError::Store {
+                path: db.display().to_string(),
+                source,
+            },
+        })?
+        .with_audit(AuditKey::new(master.subkey(keys::AUDIT_LABEL)), Some(anchor));
+    Ok((store, db))
+}
+
+fn anchor_path(args: &StoreArgs) -> Result<PathBuf, StartError> {
+    Ok(match &args.audit_anchor {
+        Some(path) => path.clone(),
+        None => keys::default_key_file(&args.data)?.with_extension("audit-head"),
+    })
+}
+
+/// The audit key and anchor of `args` (for `audit verify`).
+pub fn audit_key(args: &StoreArgs) -> Result<(AuditKey, PathBuf), StartError> {
+    let (master, _) = keys::resolve(args.key_file.as_deref(), args.env_key.as_ref(), &args.data)?;
+    Ok((AuditKey::new(master.subkey(keys::AUDIT_LABEL)), anchor_path(args)?))
+}
+
 /// How often the users and devices are re-read (a revocation takes effect within this).
 const DIRECTORY_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
@@ -60,17 +103,7 @@ impl Application {
                 settings.bind
             )));
         }
-        std::fs::create_dir_all(&settings.data).map_err(|e| {
-            StartError::Config(format!(
-                "creating data directory {}: {e}",
-                settings.data.display()
-            ))
-        })?;
-        let db = settings.data.join("desa.sqlite3");
-        let store = SqliteStore::open(&db).map_err(|source| StartError::Store {
-            path: db.display().to_string(),
-            source,
-        })?;
+        let (store, db) = open_store(&settings.store)?;
         let store: Arc<dyn crate::store::Store> = Arc::new(store);
         let directory =
             Arc::new(

@@ -184,6 +184,7 @@ fn killing_the_server_loses_nothing_acknowledged_and_duplicates_nothing() {
             .arg("--store")
             .arg(a.store_path())
             .arg("sync")
+            .env("DESA_PASSPHRASE", desa_tests::PASSPHRASE)
             .output_async();
         server.kill();
         let outcome = pushing.wait_with_output().unwrap();

@@ -518,7 +518,12 @@ impl Connection {
             Reply::Unavailable => self.unavailable(session, doc_id).await,
             Reply::Nothing => Ok(()),
             Reply::Sync(data) => {
-                self.audit_read(report).await;
+                if !self.audit_read(report).await {
+                    // Nothing leaves unrecorded.
+                    return self
+                        .error(session, format!("{doc_id}: not sent: the audit trail could not be written"))
+                        .await;
+                }
                 let target = self.peer.clone().unwrap_or_default();
                 self.send(
                     session,
@@ -534,13 +539,14 @@ impl Connection {
         }
     }
 
-    /// Audit the first time this connection sends a document's contents.
-    async fn audit_read(&mut self, report: ReportId) {
+    /// Audit the first time this connection sends a document's contents. `false`: the entry
+    /// could not be written, so the contents must not be sent.
+    async fn audit_read(&mut self, report: ReportId) -> bool {
         let Some(open) = self.docs.get_mut(&report) else {
-            return;
+            return false;
         };
-        if std::mem::replace(&mut open.audited, true) {
-            return;
+        if open.audited {
+            return true;
         }
         let store = self.engine.store().clone();
         let event = AuditEvent::now(
@@ -551,11 +557,21 @@ impl Connection {
                 redacted: false,
             },
         );
-        match web::block(move || store.append_audit(&[event])).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "auditing a WebSocket read"),
-            Err(e) => tracing::error!(error = %e, "auditing a WebSocket read"),
+        let written = match web::block(move || store.append_audit(&[event])).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "auditing a WebSocket read");
+                false
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "auditing a WebSocket read");
+                false
+            }
+        };
+        if let (true, Some(open)) = (written, self.docs.get_mut(&report)) {
+            open.audited = true;
         }
+        written
     }
 
     async fn unavailable(&self, session: &mut Session, doc_id: String) -> Result<(), Gone> {
