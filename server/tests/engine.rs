@@ -6,13 +6,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use desa_server::engine::Engine;
-use desa_server::store::sqlite::SqliteStore;
+use desa_server::store::sqlite::{Encryption, SqliteStore};
 use serde_json::json;
 use sync_core::sim::MemoryDevice;
 use sync_core::{DeviceId, Edit, FieldPath, ReportId, ReportKind, Role, VillageCode, Writer};
 
 fn engine(dir: &Path) -> Engine {
-    let store = SqliteStore::open(&dir.join("db.sqlite3")).unwrap();
+    let store = SqliteStore::open(&dir.join("db.sqlite3"), Encryption::Key([3; 32])).unwrap();
     let engine = Engine::new(Arc::new(store), 64).unwrap();
     engine.seed_village_profiles().unwrap();
     engine

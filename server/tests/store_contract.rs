@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use desa_server::store::memory::MemoryStore;
-use desa_server::store::sqlite::SqliteStore;
+use desa_server::store::sqlite::{Encryption, SqliteStore};
 use desa_server::store::{Commit, ReportQuery, ReportRow, ReportWrite, Store, StoreError};
 use sync_core::protocol::server::Receipt;
 use sync_core::protocol::{PageMark, Position};
@@ -12,8 +12,11 @@ use sync_core::{ReportId, ReportKind, VillageCode};
 fn each_store(check: impl Fn(&dyn Store)) {
     check(&MemoryStore::new());
     let dir = tempfile::tempdir().unwrap();
-    check(&SqliteStore::open(&dir.path().join("db.sqlite3")).unwrap());
+    check(&SqliteStore::open(&dir.path().join("db.sqlite3"), KEY).unwrap());
 }
+
+/// The contract holds for the encrypted store the server runs.
+const KEY: Encryption = Encryption::Key([7; 32]);
 
 fn village(code: &str) -> VillageCode {
     VillageCode::parse(code).unwrap()
@@ -382,7 +385,8 @@ fn coordinator_queries_filter_and_page() {
 fn damaged_stored_data_is_an_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db.sqlite3");
-    let store = SqliteStore::open(&path).unwrap();
+    // Plaintext, to damage rows from outside with a plain connection.
+    let store = SqliteStore::open(&path, Encryption::Plaintext).unwrap();
     store
         .commit(&commit(
             1,
@@ -408,7 +412,7 @@ fn the_sqlite_store_keeps_everything_across_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db.sqlite3");
     {
-        let store = SqliteStore::open(&path).unwrap();
+        let store = SqliteStore::open(&path, KEY).unwrap();
         store
             .commit(&commit(
                 1,
@@ -420,7 +424,7 @@ fn the_sqlite_store_keeps_everything_across_reopening() {
             .commit(&commit(2, 2, vec![write(1, "6302010001", "new", 2, None)]))
             .unwrap();
     }
-    let store = SqliteStore::open(&path).unwrap();
+    let store = SqliteStore::open(&path, KEY).unwrap();
     assert_eq!(store.last_seq().unwrap(), 2);
     assert_eq!(store.load(&id(1)).unwrap().unwrap().tail.len(), 1);
 }

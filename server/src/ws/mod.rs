@@ -29,9 +29,7 @@ use actix_ws::{AggregatedMessage, Session};
 use futures_util::StreamExt;
 use sync_core::automerge::sync::{Message as SyncMessage, State as SyncState, SyncDoc};
 use sync_core::automerge::ChangeHash;
-use sync_core::protocol::repo::{
-    changes_of, PeerMetadata, RepoMessage, MAX_MESSAGE_BYTES, PROTOCOL_VERSION,
-};
+use sync_core::protocol::repo::{changes_of, PeerMetadata, RepoMessage, PROTOCOL_VERSION};
 use sync_core::rules::{Role, Verdict};
 use sync_core::ReportId;
 use tokio::sync::broadcast;
@@ -49,13 +47,16 @@ pub async fn route(
     body: web::Payload,
     engine: web::Data<Engine>,
     hub: web::Data<Hub>,
+    limits: web::Data<crate::routes::Limits>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let (response, session, stream) = actix_ws::handle(&req, body)?;
-    // actix's default frame limit (64 KiB) is too small for a first sync: raise it, bounded.
+    // actix's default frame limit (64 KiB) is too small for a first sync: raise it, bounded
+    // (`--max-message`; a larger message closes the connection with 1009).
+    let max_message = limits.max_message;
     let stream = stream
-        .max_frame_size(MAX_MESSAGE_BYTES)
+        .max_frame_size(max_message)
         .aggregate_continuations()
-        .max_continuation_size(MAX_MESSAGE_BYTES);
+        .max_continuation_size(max_message);
     let hub = hub.into_inner();
     let id = hub.next_connection.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(connection = id, "ws connection opened");
@@ -69,7 +70,7 @@ pub async fn route(
         docs: HashMap::new(),
         seen: HashMap::new(),
     };
-    actix_web::rt::spawn(connection.run(session, stream));
+    actix_web::rt::spawn(connection.run(session, stream, max_message));
     Ok(response)
 }
 
@@ -121,7 +122,13 @@ impl From<actix_ws::Closed> for Gone {
 }
 
 impl Connection {
-    async fn run(mut self, mut session: Session, mut stream: actix_ws::AggregatedMessageStream) {
+    async fn run(
+        mut self,
+        mut session: Session,
+        mut stream: actix_ws::AggregatedMessageStream,
+        max_message: usize,
+    ) {
+        let mut close = None;
         let mut committed = self.engine.subscribe();
         let mut relay = self.hub.relay.subscribe();
         loop {
@@ -134,7 +141,11 @@ impl Connection {
                         Err(Gone)
                     }
                     Some(Ok(AggregatedMessage::Pong(_))) => Ok(()),
-                    Some(Ok(AggregatedMessage::Close(_))) | Some(Err(_)) | None => Err(Gone),
+                    Some(Err(e)) => {
+                        close = crate::limit::ws_close_reason(&e, max_message);
+                        Err(Gone)
+                    }
+                    Some(Ok(AggregatedMessage::Close(_))) | None => Err(Gone),
                 },
                 note = committed.recv() => match note {
                     Ok(ids) => {
@@ -158,7 +169,7 @@ impl Connection {
             }
         }
         self.save_sync_states().await;
-        let _ = session.close(None).await;
+        let _ = session.close(close).await;
     }
 
     async fn send(&self, session: &mut Session, message: RepoMessage) -> Result<(), Gone> {
