@@ -9,6 +9,7 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 use zeroize::{Zeroize, Zeroizing};
 
@@ -74,10 +75,17 @@ pub(crate) fn unlock(
         let sql = Zeroizing::new(format!("PRAGMA key = \"{}\";", &*raw_key(key)));
         conn.execute_batch(&sql)?;
     }
+    // A connection that found a WAL left by a crash checkpoints it into the database when it
+    // closes, even if its key could not read a page: no checkpoint on close until the key is
+    // known to fit, so that a wrong key writes nothing.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
     match conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
         r.get::<_, i64>(0)
     }) {
-        Ok(_) => Ok(()),
+        Ok(_) => {
+            conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false)?;
+            Ok(())
+        }
         Err(e) if e.sqlite_error_code() == Some(ErrorCode::NotADatabase) => {
             Err(StoreError::WrongKey {
                 path: path.to_owned(),
