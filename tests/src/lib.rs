@@ -72,6 +72,11 @@ impl Server {
         self.child = child;
     }
 
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// The server process id (to read its memory use).
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -153,6 +158,8 @@ fn spawn(data: &Path, port: u16, extra: &[String]) -> (Child, u16) {
             "RUST_LOG",
             std::env::var("DESA_TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
         )
+        // A fixed database key, so that no key file is generated beside the temporary directory.
+        .env("DESA_KEY", TEST_KEY)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -171,6 +178,9 @@ fn spawn(data: &Path, port: u16, extra: &[String]) -> (Child, u16) {
         .unwrap_or_else(|| panic!("desa-server did not start: {line:?}"));
     (child, port)
 }
+
+/// The master key (`DESA_KEY`) of every server these helpers start.
+pub const TEST_KEY: &str = "74657374206b6579206f6620646573612d73796e6320652d32652074657374ff";
 
 /// One volunteer's device: a `desa` store in a temporary directory.
 pub struct Desa {
