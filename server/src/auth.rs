@@ -22,6 +22,9 @@ use sync_core::{DeviceId, DeviceToken, Role, Verifier, SERVER_DEVICE};
 
 use crate::audit::{Action, AuditEvent, Who};
 use crate::error::ApiError;
+
+/// The per-device request limiter.
+pub type Limiter = crate::limit::RateLimiter<DeviceId>;
 use crate::store::{Store, StoreError};
 
 /// An authenticated caller: a device of a user, with that user's access.
@@ -193,9 +196,19 @@ impl Directory {
         self.changed.subscribe()
     }
 
-    /// Check a token's text.
+    /// Check a token's text. A device this server has not loaded yet (added a moment ago from the
+    /// command line) is looked up again once before it is refused.
     pub fn authenticate(&self, token: &str) -> Result<Arc<Principal>, AuthFailure> {
         let token: DeviceToken = token.parse().map_err(|_| AuthFailure::Malformed)?;
+        match self.check(&token) {
+            Err(AuthFailure::UnknownDevice(_)) if self.refresh().unwrap_or(false) => {
+                self.check(&token)
+            }
+            outcome => outcome,
+        }
+    }
+
+    fn check(&self, token: &DeviceToken) -> Result<Arc<Principal>, AuthFailure> {
         let device = token.device();
         let loaded = self
             .loaded
@@ -273,6 +286,7 @@ impl FromRequest for Caller {
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
         let directory = req.app_data::<web::Data<Directory>>().cloned();
+        let limiter = req.app_data::<web::Data<Limiter>>().cloned();
         let token = token_of(req);
         let peer = req
             .peer_addr()
@@ -287,7 +301,14 @@ impl FromRequest for Caller {
                 Some(t) => directory.authenticate(t),
             };
             match outcome {
-                Ok(principal) => Ok(Caller(principal)),
+                Ok(principal) => {
+                    // Counted per device, after authentication: a stranger cannot use up a
+                    // volunteer's allowance.
+                    if let Some(limiter) = limiter {
+                        limiter.check(principal.device)?;
+                    }
+                    Ok(Caller(principal))
+                }
                 Err(failure) => {
                     let event = AuditEvent::now(
                         Who {

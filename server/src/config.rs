@@ -34,13 +34,22 @@ pub enum Command {
 /// work on the same database (also while the server runs).
 #[derive(Debug, Clone, Args)]
 pub struct StoreArgs {
-    /// The database.
-    #[command(flatten)]
-    pub store: StoreArgs,
+    /// Directory holding the database (created if missing).
+    #[arg(long, env = "DESA_DATA", default_value = "./data")]
+    pub data: PathBuf,
     /// File recording the audit trail's latest entry, to detect removal of the newest entries.
     /// Keep it outside the data directory (default: `<data-dir>.audit-head`, its sibling).
     #[arg(long, env = "DESA_AUDIT_ANCHOR")]
     pub audit_anchor: Option<PathBuf>,
+    /// File holding the 64-hex-character master key that encrypts the database. Default: the
+    /// environment's DESA_KEY, else `<data-dir>.key` beside the data directory (created on first
+    /// start — back it up, and keep it off the data disk).
+    #[arg(long, env = "DESA_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// The master key as 64 hex characters, from the environment variable DESA_KEY only (a
+    /// command-line value would be visible to every user of the machine).
+    #[arg(skip = crate::keys::Secret::from_env("DESA_KEY"))]
+    pub env_key: Option<crate::keys::Secret>,
 }
 
 /// `desa-server user …`.
@@ -103,7 +112,8 @@ pub enum AuditCommand {
 /// `serve` settings.
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
-    /// Address to listen on. Until access control exists it must be a loopback address.
+    /// Address to listen on. Without TLS it must be a loopback address (see
+    /// --insecure-allow-plaintext).
     #[arg(long, env = "DESA_BIND", default_value = "127.0.0.1:8080")]
     pub bind: SocketAddr,
     /// The database.
@@ -118,8 +128,26 @@ pub struct Settings {
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "DESA_WORKERS")]
     pub workers: Option<usize>,
-    /// Listen on a non-loopback address although there is no access control yet. Everyone who can
-    /// reach the port can read and write every report: only for a closed, trusted network.
+    /// Serve plain HTTP on a non-loopback address. Everyone on the network path can read the
+    /// reports (and any token) in transit: only for a closed, trusted network.
     #[arg(long)]
-    pub insecure_allow_remote: bool,
+    pub insecure_allow_plaintext: bool,
+    /// TLS certificate chain (PEM, leaf first): serve HTTPS and WSS. Needs --tls-key.
+    #[arg(long, env = "DESA_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) of --tls-cert.
+    #[arg(long, env = "DESA_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Requests per second a device may make, sustained (429 above it).
+    #[arg(long, env = "DESA_RATE_LIMIT", default_value_t = crate::limit::DEFAULT_RATE,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit: u32,
+    /// Requests a device may make at once after being idle.
+    #[arg(long, env = "DESA_RATE_BURST", default_value_t = crate::limit::DEFAULT_BURST,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_burst: u32,
+    /// Largest accepted WebSocket message, in bytes (the connection is closed with code 1009 above
+    /// it).
+    #[arg(long, env = "DESA_MAX_MESSAGE", default_value_t = sync_core::protocol::repo::MAX_MESSAGE_BYTES)]
+    pub max_message: usize,
 }

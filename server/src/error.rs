@@ -34,6 +34,12 @@ pub enum ApiError {
     /// No such resource (404).
     #[error("{0}")]
     NotFound(String),
+    /// Too many requests from this device (429); `Retry-After` says when to try again.
+    #[error("too many requests: try again in {} s", .retry_after.seconds())]
+    RateLimited {
+        /// When the device may try again.
+        retry_after: crate::limit::RetryAfter,
+    },
     /// Something failed on the server (500); nothing was acknowledged.
     #[error("{0}")]
     Internal(String),
@@ -49,6 +55,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -63,6 +70,7 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -76,6 +84,12 @@ impl ResponseError for ApiError {
             answer.insert_header((
                 actix_web::http::header::WWW_AUTHENTICATE,
                 "Bearer realm=\"desa-sync\"",
+            ));
+        }
+        if let ApiError::RateLimited { retry_after } = self {
+            answer.insert_header((
+                actix_web::http::header::RETRY_AFTER,
+                retry_after.seconds().to_string(),
             ));
         }
         answer.json(serde_json::json!({
@@ -104,8 +118,44 @@ impl From<EngineError> for ApiError {
     }
 }
 
+impl From<crate::limit::RetryAfter> for ApiError {
+    fn from(retry_after: crate::limit::RetryAfter) -> Self {
+        ApiError::RateLimited { retry_after }
+    }
+}
+
 impl From<actix_web::error::BlockingError> for ApiError {
     fn from(e: actix_web::error::BlockingError) -> Self {
         ApiError::Internal(format!("worker pool: {e}"))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[actix_web::test]
+    async fn rate_limited_is_a_429_with_retry_after_and_the_json_shape() {
+        let err = ApiError::from(crate::limit::RetryAfter(std::time::Duration::from_millis(
+            1200,
+        )));
+        let response = err.error_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            response
+                .headers()
+                .get("retry-after")
+                .unwrap()
+                .to_str()
+                .unwrap(),
+            "2"
+        );
+        let body = actix_web::body::to_bytes(response.into_body())
+            .await
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["error"], "rate_limited");
+        assert_eq!(json["detail"], "too many requests: try again in 2 s");
     }
 }

@@ -60,7 +60,10 @@ fn main() -> ExitCode {
 /// Run an operator command on the database of `args`; print its outcome.
 fn operate(
     args: &StoreArgs,
-    command: impl FnOnce(&dyn desa_server::store::Store, &StoreArgs) -> Result<String, admin::AdminError>,
+    command: impl FnOnce(
+        &dyn desa_server::store::Store,
+        &StoreArgs,
+    ) -> Result<String, admin::AdminError>,
 ) -> ExitCode {
     let outcome = open_store(args)
         .map_err(|e| e.to_string())
@@ -81,7 +84,12 @@ fn serve(settings: &desa_server::config::Settings) -> ExitCode {
     let result = actix_web::rt::System::new().block_on(async {
         let app = Application::build(settings).map_err(|e| e.to_string())?;
         // One line on stdout once the port is bound, for scripts and tests that start us on port 0.
-        println!("listening on http://{}:{}", settings.bind.ip(), app.port());
+        println!(
+            "listening on {}://{}:{}",
+            app.scheme(),
+            settings.bind.ip(),
+            app.port()
+        );
         app.run_until_stopped().await.map_err(|e| e.to_string())
     });
     match result {

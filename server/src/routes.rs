@@ -20,6 +20,8 @@ use crate::view::{parse_id, rfc3339_ms, ReportItem, ReportView};
 pub struct Limits {
     /// Largest accepted body, bytes.
     pub max_body: usize,
+    /// Largest accepted WebSocket message, bytes.
+    pub max_message: usize,
 }
 
 /// Reports per page of `GET /api/v1/reports`: default and maximum.
@@ -536,8 +538,21 @@ async fn audit_log(
 }
 
 /// Turns a rejected JSON body into the API's error shape.
-pub fn json_error(err: actix_web::error::JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
-    bad(format!("JSON body: {err}")).into()
+pub fn json_error(err: actix_web::error::JsonPayloadError, req: &HttpRequest) -> actix_web::Error {
+    use actix_web::error::JsonPayloadError;
+    match err {
+        JsonPayloadError::Overflow { limit }
+        | JsonPayloadError::OverflowKnownLength { limit, .. } => {
+            ApiError::TooLarge { limit }.into()
+        }
+        JsonPayloadError::Payload(actix_web::error::PayloadError::Overflow) => ApiError::TooLarge {
+            limit: req
+                .app_data::<web::Data<Limits>>()
+                .map_or(0, |l| l.max_body),
+        }
+        .into(),
+        err => bad(format!("JSON body: {err}")).into(),
+    }
 }
 
 /// Turns a rejected query string into the API's error shape.

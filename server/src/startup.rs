@@ -1,5 +1,6 @@
 //! Building and running the server: `Application::build` binds (port 0 works: tests read the real
-//! port from `port()`), opens the store, creates the village profiles, then `run_until_stopped`.
+//! port from `port()`), resolves the master key, opens the encrypted store, creates the village
+//! profiles, then `run_until_stopped` (over TLS when a certificate is given).
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -13,8 +14,11 @@ use std::path::PathBuf;
 use crate::audit::AuditKey;
 use crate::config::{Settings, StoreArgs};
 use crate::engine::Engine;
+use crate::keys;
+use crate::limit::{self, RateLimiter};
 use crate::routes::{self, Limits};
-use crate::store::sqlite::SqliteStore;
+use crate::store::sqlite::{Encryption, SqliteStore};
+use crate::store::StoreError;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +34,12 @@ pub enum StartError {
         /// Why.
         source: crate::store::StoreError,
     },
+    /// No master key.
+    #[error("{0}")]
+    Key(#[from] keys::KeyError),
+    /// The TLS certificate or key could not be loaded.
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// Creating the village profiles failed.
     #[error("creating village profiles: {0}")]
     Seed(#[from] crate::engine::EngineError),
@@ -52,7 +62,8 @@ pub fn open_store(args: &StoreArgs) -> Result<(SqliteStore, PathBuf), StartError
             args.data.display()
         ))
     })?;
-    let (master, origin) = keys::resolve(args.key_file.as_deref(), args.env_key.as_ref(), &args.data)?;
+    let (master, origin) =
+        keys::resolve(args.key_file.as_deref(), args.env_key.as_ref(), &args.data)?;
     tracing::info!(key = %origin, "database key");
     let anchor = anchor_path(args)?;
     let db = args.data.join("desa.sqlite3");
@@ -66,7 +77,10 @@ pub fn open_store(args: &StoreArgs) -> Result<(SqliteStore, PathBuf), StartError
                 source,
             },
         })?
-        .with_audit(AuditKey::new(master.subkey(keys::AUDIT_LABEL)), Some(anchor));
+        .with_audit(
+            AuditKey::new(master.subkey(keys::AUDIT_LABEL)),
+            Some(anchor),
+        );
     Ok((store, db))
 }
 
@@ -80,7 +94,10 @@ fn anchor_path(args: &StoreArgs) -> Result<PathBuf, StartError> {
 /// The audit key and anchor of `args` (for `audit verify`).
 pub fn audit_key(args: &StoreArgs) -> Result<(AuditKey, PathBuf), StartError> {
     let (master, _) = keys::resolve(args.key_file.as_deref(), args.env_key.as_ref(), &args.data)?;
-    Ok((AuditKey::new(master.subkey(keys::AUDIT_LABEL)), anchor_path(args)?))
+    Ok((
+        AuditKey::new(master.subkey(keys::AUDIT_LABEL)),
+        anchor_path(args)?,
+    ))
 }
 
 /// How often the users and devices are re-read (a revocation takes effect within this).
@@ -89,17 +106,28 @@ const DIRECTORY_POLL: std::time::Duration = std::time::Duration::from_millis(250
 /// A built, not yet running, server.
 pub struct Application {
     port: u16,
+    tls: bool,
     server: Server,
 }
 
 impl Application {
     /// Open the store and bind.
     pub fn build(settings: &Settings) -> Result<Self, StartError> {
-        if !settings.bind.ip().is_loopback() && !settings.insecure_allow_remote {
+        let tls = match (&settings.tls_cert, &settings.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
+            (None, None) => None,
+            _ => {
+                return Err(StartError::Config(
+                    "--tls-cert and --tls-key go together".into(),
+                ))
+            }
+        };
+        if tls.is_none() && !settings.bind.ip().is_loopback() && !settings.insecure_allow_plaintext
+        {
             return Err(StartError::Config(format!(
-                "refusing to listen on {}: there is no access control yet, so anyone who can reach \
-                 the port could read every report. Use a loopback address, or pass \
-                 --insecure-allow-remote on a closed, trusted network.",
+                "refusing to serve plain HTTP on {}: reports would cross the network readable by \
+                 anyone on the path. Give a certificate with --tls-cert and --tls-key, use a \
+                 loopback address, or pass --insecure-allow-plaintext on a closed, trusted network.",
                 settings.bind
             )));
         }
@@ -144,17 +172,27 @@ impl Application {
         let hub = web::Data::new(crate::ws::Hub::new(uuid::Uuid::new_v4().to_string()));
         let limits = web::Data::new(Limits {
             max_body: settings.max_body,
+            max_message: settings.max_message,
         });
+        // Per device: routes call `check(device)` once requests are authenticated.
+        let rate_limiter = web::Data::new(RateLimiter::<sync_core::DeviceId>::new(
+            settings.rate_limit,
+            settings.rate_burst,
+            limit::DEFAULT_MAX_KEYS,
+        ));
         let json_limit = settings.max_body;
-        let mut server = HttpServer::new(move || {
+        let server = HttpServer::new(move || {
             App::new()
                 .wrap(middleware::Compress::default())
+                // Inside the logger, so that its 413s are logged too.
+                .wrap(middleware::from_fn(limit::reject_oversized))
                 // Method and path only: query strings may one day carry secrets.
                 .wrap(middleware::Logger::new("%a \"%U\" %s %b %Dms"))
                 .app_data(engine.clone())
                 .app_data(hub.clone())
                 .app_data(directory.clone())
                 .app_data(limits.clone())
+                .app_data(rate_limiter.clone())
                 .app_data(
                     web::JsonConfig::default()
                         .limit(json_limit)
@@ -162,18 +200,23 @@ impl Application {
                 )
                 .app_data(web::QueryConfig::default().error_handler(routes::query_error))
                 .configure(routes::configure)
-        })
-        .listen(listener)
-        .map_err(|source| StartError::Bind {
+        });
+        let tls_on = tls.is_some();
+        let server = match tls {
+            Some(config) => server.listen_rustls_0_23(listener, config),
+            None => server.listen(listener),
+        };
+        let mut server = server.map_err(|source| StartError::Bind {
             addr: settings.bind,
             source,
         })?;
         if let Some(workers) = settings.workers {
             server = server.workers(workers);
         }
-        tracing::info!(addr = %settings.bind, port, db = %db.display(), "desa-server listening");
+        tracing::info!(addr = %settings.bind, port, tls = tls_on, db = %db.display(), "desa-server listening");
         Ok(Application {
             port,
+            tls: tls_on,
             server: server.run(),
         })
     }
@@ -181,6 +224,15 @@ impl Application {
     /// The port actually bound.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// `https` when serving TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// Serve until SIGINT/SIGTERM.

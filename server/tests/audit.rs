@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use desa_server::admin::{self, AdminError};
 use desa_server::audit::{Action, AuditEvent, AuditKey, Tamper, Who};
-use desa_server::store::sqlite::SqliteStore;
+use desa_server::store::sqlite::{Encryption, SqliteStore};
 use desa_server::store::Store;
 
 const KEY: [u8; 32] = [0x42; 32];
@@ -18,7 +18,8 @@ struct Trail {
 }
 
 fn open(db: &Path, anchor: &Path) -> SqliteStore {
-    SqliteStore::open(db)
+    // Plaintext, so that the test can tamper with plain SQL; the chain does not depend on it.
+    SqliteStore::open(db, Encryption::Plaintext)
         .unwrap()
         .with_audit(AuditKey::new(KEY), Some(anchor.to_owned()))
 }

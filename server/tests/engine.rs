@@ -8,13 +8,13 @@ use std::sync::Arc;
 use desa_server::audit::AuditKey;
 use desa_server::auth::Principal;
 use desa_server::engine::Engine;
-use desa_server::store::sqlite::SqliteStore;
+use desa_server::store::sqlite::{Encryption, SqliteStore};
 use serde_json::json;
 use sync_core::sim::MemoryDevice;
 use sync_core::{DeviceId, Edit, FieldPath, ReportId, ReportKind, Role, VillageCode, Writer};
 
 fn engine(dir: &Path) -> Engine {
-    let store = SqliteStore::open(&dir.join("db.sqlite3"))
+    let store = SqliteStore::open(&dir.join("db.sqlite3"), Encryption::Key([3; 32]))
         .unwrap()
         .with_audit(AuditKey::new([1; 32]), None);
     let engine = Engine::new(Arc::new(store), 64).unwrap();

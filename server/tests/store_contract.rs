@@ -3,7 +3,7 @@
 
 use desa_server::audit::{self, Action, AuditEvent, AuditKey, Who};
 use desa_server::store::memory::{MemoryStore, MEMORY_AUDIT_KEY};
-use desa_server::store::sqlite::SqliteStore;
+use desa_server::store::sqlite::{Encryption, SqliteStore};
 use desa_server::store::{
     Commit, DeviceRecord, ReportQuery, ReportRow, ReportWrite, Store, StoreError, UserRecord,
 };
@@ -16,11 +16,14 @@ fn each_store(check: impl Fn(&dyn Store)) {
     check(&MemoryStore::new());
     let dir = tempfile::tempdir().unwrap();
     check(
-        &SqliteStore::open(&dir.path().join("db.sqlite3"))
+        &SqliteStore::open(&dir.path().join("db.sqlite3"), KEY)
             .unwrap()
             .with_audit(AuditKey::new(MEMORY_AUDIT_KEY), None),
     );
 }
+
+/// The contract holds for the encrypted store the server runs.
+const KEY: Encryption = Encryption::Key([7; 32]);
 
 fn village(code: &str) -> VillageCode {
     VillageCode::parse(code).unwrap()
@@ -392,7 +395,8 @@ fn coordinator_queries_filter_and_page() {
 fn damaged_stored_data_is_an_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db.sqlite3");
-    let store = SqliteStore::open(&path).unwrap();
+    // Plaintext, to damage rows from outside with a plain connection.
+    let store = SqliteStore::open(&path, Encryption::Plaintext).unwrap();
     store
         .commit(&commit(
             1,
@@ -418,7 +422,7 @@ fn the_sqlite_store_keeps_everything_across_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db.sqlite3");
     {
-        let store = SqliteStore::open(&path).unwrap();
+        let store = SqliteStore::open(&path, KEY).unwrap();
         store
             .commit(&commit(
                 1,
@@ -430,7 +434,7 @@ fn the_sqlite_store_keeps_everything_across_reopening() {
             .commit(&commit(2, 2, vec![write(1, "6302010001", "new", 2, None)]))
             .unwrap();
     }
-    let store = SqliteStore::open(&path).unwrap();
+    let store = SqliteStore::open(&path, KEY).unwrap();
     assert_eq!(store.last_seq().unwrap(), 2);
     assert_eq!(store.load(&id(1)).unwrap().unwrap().tail.len(), 1);
 }

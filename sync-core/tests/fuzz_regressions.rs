@@ -10,11 +10,13 @@ type Target = fn(&[u8]);
 #[test]
 fn fuzz_regressions_are_handled_cleanly() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions");
-    let targets: [(&str, Target); 4] = [
+    let targets: [(&str, Target); 6] = [
         ("sync_request", sync_core::fuzzing::sync_request),
         ("sync_response", sync_core::fuzzing::sync_response),
         ("change", sync_core::fuzzing::change),
         ("stored_doc", sync_core::fuzzing::stored_doc),
+        ("stored_row", sync_core::fuzzing::stored_row),
+        ("ws_message", sync_core::fuzzing::ws_message),
     ];
     for (name, target) in targets {
         let dir = root.join(name);

@@ -181,6 +181,11 @@ impl Server {
         self.child = child;
     }
 
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// The server process id (to read its memory use).
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -294,6 +299,9 @@ fn spawn(data: &Path, port: u16, extra: &[String], keys: &Keys) -> (Child, u16) 
         .unwrap_or_else(|| panic!("desa-server did not start: {line:?}"));
     (child, port)
 }
+
+/// The master key (`DESA_KEY`) of every server these helpers start.
+pub const TEST_KEY: &str = "74657374206b6579206f6620646573612d73796e6320652d32652074657374ff";
 
 /// One volunteer's device: a `desa` store in a temporary directory.
 pub struct Desa {

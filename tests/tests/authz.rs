@@ -85,7 +85,7 @@ impl World {
             .create(
                 ReportKind::Incident,
                 &[
-                    set("category", json!("recruitment")),
+                    set("category", json!("recruitment_offer")),
                     set("title", json!("Recruiter at the harbour")),
                     set("narrative", json!("A man offered work in Malaysia without papers.")),
                     set("location.lat", json!(-3.241234)),
@@ -97,6 +97,13 @@ impl World {
                 ],
             )
             .unwrap();
+        loop {
+            let (status, body) = server.post_sync_as(&volunteer_in, &writer.request());
+            assert_eq!(status, 200);
+            if !writer.handle_response(&body).unwrap() {
+                break;
+            }
+        }
         let world = World {
             server,
             volunteer_in,
@@ -108,26 +115,11 @@ impl World {
             report,
             writer,
         };
-        world.sync_writer();
         // The revocation reached the running server (it polls the directory).
         wait_for(Duration::from_secs(1), || {
             world.server.get_as(&world.revoked, "/api/v1/me").0 == 401
         });
         (world, dir)
-    }
-
-    fn sync_writer(&self) {
-        // `writer` is only mutated through this &self method in setup; clone to keep the API simple.
-        let mut writer = self.writer.clone();
-        loop {
-            let (status, body) = self
-                .server
-                .post_sync_as(&self.volunteer_in, &writer.request());
-            assert_eq!(status, 200);
-            if !writer.handle_response(&body).unwrap() {
-                break;
-            }
-        }
     }
 
     fn token(&self, who: Who) -> Option<&str> {
@@ -167,7 +159,13 @@ impl World {
                 if let Some(a) = &auth {
                     r = r.header("Authorization", a);
                 }
-                r.send(body.unwrap_or_default())
+                let content_type = if method == "PATCH" {
+                    "application/json"
+                } else {
+                    "application/octet-stream"
+                };
+                r.header("Content-Type", content_type)
+                    .send(body.unwrap_or_default())
             }
             other => panic!("method {other}"),
         };
@@ -209,14 +207,16 @@ fn scope_request(code: &str) -> Vec<u8> {
     .encode()
 }
 
+/// Method, path, body, and the expected status for each caller, in [`EVERYONE`]'s order.
+type Row = (&'static str, String, Option<Vec<u8>>, [u16; 8]);
+
 #[test]
 fn every_endpoint_answers_every_caller_exactly() {
     let (w, _dir) = World::new();
     let id = w.report.to_string();
     let get_report = format!("/api/v1/reports/{id}");
     let patch = Some(json!({"status": "under_review"}).to_string().into_bytes());
-    // (method, path, body, expected status per caller in EVERYONE order)
-    let matrix: Vec<(&str, String, Option<Vec<u8>>, [u16; 8])> = vec![
+    let matrix: Vec<Row> = vec![
         ("GET", "/healthz".into(), None, [200; 8]),
         (
             "GET",
@@ -374,8 +374,8 @@ fn out_of_scope_reads_look_like_nothing_and_analysts_see_no_sensitive_fields() {
     // The analyst reads it, redacted, and is told what was withheld — everywhere it can read.
     for path in [
         format!("/api/v1/reports/{id}"),
-        "/api/v1/reports".into(),
-        "/api/v1/export".into(),
+        "/api/v1/reports?kind=incident".into(),
+        "/api/v1/export?kind=incident".into(),
     ] {
         let (status, text) = w.call(Who::Analyst, "GET", &path, None);
         assert_eq!(status, 200);
@@ -668,4 +668,57 @@ async fn a_revoked_device_is_refused_within_a_second_even_on_an_open_websocket()
     // …and HTTP answers 401.
     assert_eq!(server.get_as(&token, "/api/v1/me").0, 401);
     assert!(revoked_at.elapsed() < Duration::from_secs(1));
+}
+
+#[test]
+fn the_audit_trail_records_reads_writes_and_failures_but_never_a_token() {
+    let (w, _dir) = World::new();
+    let id = w.report.to_string();
+    w.call(Who::Analyst, "GET", &format!("/api/v1/reports/{id}"), None);
+    w.call(Who::BadToken, "GET", "/api/v1/reports", None);
+    w.call(
+        Who::Coordinator,
+        "GET",
+        "/api/v1/export?kind=incident",
+        None,
+    );
+    let (status, text) = w.call(Who::Admin, "GET", "/api/v1/audit?limit=500", None);
+    assert_eq!(status, 200);
+    for token in [
+        &w.volunteer_in,
+        &w.bad,
+        &w.analyst,
+        &w.admin,
+        &w.server.coordinator,
+    ] {
+        let secret = &token["desa_".len()..];
+        assert!(!text.contains(secret), "a token in the audit trail");
+    }
+    let audit: Value = serde_json::from_str(&text).unwrap();
+    let records: Vec<&Value> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| &i["record"])
+        .collect();
+    let has = |f: &dyn Fn(&Value) -> bool| records.iter().any(|r| f(r));
+    assert!(has(&|r| r["action"] == "user_add" && r["name"] == "ani"));
+    assert!(has(&|r| r["action"] == "device_revoke"));
+    assert!(has(&|r| r["action"] == "write"
+        && r["report"] == id.as_str()
+        && r["who"]["user"] == "ani"
+        && r["fields"].as_array().is_some_and(|f| !f.is_empty())));
+    assert!(has(&|r| r["action"] == "read"
+        && r["who"]["role"] == "analyst"
+        && r["redacted"] == true
+        && r["reports"][0] == id.as_str()));
+    assert!(has(
+        &|r| r["action"] == "auth_failed" && r["reason"] == "wrong secret"
+    ));
+    assert!(has(
+        &|r| r["action"] == "export" && r["who"]["user"] == "office"
+    ));
+    // The whole chain verifies against its anchor.
+    let verified = w.server.admin(&["audit", "verify"]);
+    assert!(verified.contains("intact"), "{verified}");
 }

@@ -9,6 +9,7 @@
 //! Writes are whole [`Commit`]s: the accepted changes, the materialized rows, the receipts, the
 //! held changes and the sequence number of one ingest are committed together or not at all.
 
+mod cipher;
 pub mod memory;
 pub mod sqlite;
 
@@ -38,6 +39,12 @@ pub enum StoreError {
     /// The audit trail cannot be written (no audit key configured).
     #[error("audit: {0}")]
     Audit(String),
+    /// The database exists but this key does not open it (or it is not a database at all).
+    #[error("the database at {} cannot be opened with this key: wrong key file?", path.display())]
+    WrongKey {
+        /// Database path.
+        path: std::path::PathBuf,
+    },
     /// A commit whose sequence number does not follow the last one.
     #[error("sequence {given} does not follow {last}")]
     Sequence {

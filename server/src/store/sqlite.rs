@@ -1,4 +1,5 @@
-//! The embedded default store: one SQLite file in WAL mode.
+//! The embedded default store: one SQLite file in WAL mode, encrypted with SQLCipher
+//! ([`Encryption`], `store/cipher.rs`).
 //!
 //! ## Why each write is crash-safe
 //! * Every [`Store::commit`] is one SQLite transaction (`BEGIN IMMEDIATE … COMMIT`). WAL mode with
@@ -20,9 +21,10 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBeha
 use sync_core::protocol::Position;
 use sync_core::{ReportId, ReportKind, VillageCode};
 
+pub use super::cipher::Encryption;
 use super::{
-    decode_receipts, encode_receipts, seq_check, ChangeReceipt, Commit, DeviceRecord, FeedRow,
-    ReportQuery, ReportRow, Store, StoreError, StoredDoc, UserRecord, VillageCount,
+    cipher, decode_receipts, encode_receipts, seq_check, ChangeReceipt, Commit, DeviceRecord,
+    FeedRow, ReportQuery, ReportRow, Store, StoreError, StoredDoc, UserRecord, VillageCount,
 };
 use crate::audit::{self, AuditEntry, AuditEvent, AuditKey, Head};
 use sync_core::{DeviceId, Verifier};
@@ -173,15 +175,20 @@ pub struct SqliteStore {
     readers: Mutex<Vec<Connection>>,
     path: std::path::PathBuf,
     audit: Option<AuditSink>,
+    /// Every connection, the pooled readers included, is opened with it.
+    encryption: Encryption,
 }
 
-fn open(path: &Path) -> Result<Connection, StoreError> {
+fn open(path: &Path, encryption: &Encryption) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
+    // Keyed (and the key checked) before any other statement, on every connection: the writer
+    // and each pooled reader.
+    cipher::unlock(&conn, path, encryption)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // FULL: a commit is fsynced before it returns — an acknowledged change survives power loss.
@@ -191,8 +198,13 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
 
 impl SqliteStore {
     /// Open (creating if needed) the database at `path` and bring its schema up to date.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let mut conn = open(path)?;
+    ///
+    /// With [`Encryption::Key`], a new database is created encrypted, a plaintext one from an
+    /// older version is encrypted first (crash-safe, logged once), and a database the key does not
+    /// open is refused with [`StoreError::WrongKey`] before anything is written.
+    pub fn open(path: &Path, encryption: Encryption) -> Result<Self, StoreError> {
+        cipher::encrypt_if_plaintext(path, &encryption)?;
+        let mut conn = open(path, &encryption)?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         match version {
             0 => {
@@ -220,6 +232,7 @@ impl SqliteStore {
             readers: Mutex::new(Vec::new()),
             path: path.to_owned(),
             audit: None,
+            encryption,
         })
     }
 
@@ -248,7 +261,7 @@ impl SqliteStore {
         let pooled = self.readers.lock().map_err(poisoned)?.pop();
         let conn = match pooled {
             Some(c) => c,
-            None => open(&self.path)?,
+            None => open(&self.path, &self.encryption)?,
         };
         let result = f(&conn);
         let mut pool = self.readers.lock().map_err(poisoned)?;

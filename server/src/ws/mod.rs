@@ -29,15 +29,13 @@ use actix_ws::{AggregatedMessage, Session};
 use futures_util::StreamExt;
 use sync_core::automerge::sync::{Message as SyncMessage, State as SyncState, SyncDoc};
 use sync_core::automerge::ChangeHash;
-use sync_core::protocol::repo::{
-    changes_of, PeerMetadata, RepoMessage, MAX_MESSAGE_BYTES, PROTOCOL_VERSION,
-};
+use sync_core::protocol::repo::{changes_of, PeerMetadata, RepoMessage, PROTOCOL_VERSION};
 use sync_core::rules::{report_village, Verdict};
 use sync_core::ReportId;
 use tokio::sync::broadcast;
 
 use crate::audit::{Action, AuditEvent};
-use crate::auth::{Caller, Directory, Principal};
+use crate::auth::{Caller, Directory, Limiter, Principal};
 use crate::engine::{Engine, EngineError, Via};
 use crate::error::ApiError;
 
@@ -51,10 +49,12 @@ pub async fn route(
     caller: Caller,
     req: HttpRequest,
     body: web::Payload,
-    engine: web::Data<Engine>,
-    hub: web::Data<Hub>,
-    directory: web::Data<Directory>,
 ) -> Result<HttpResponse, actix_web::Error> {
+    let engine = app_data::<Engine>(&req)?;
+    let hub = app_data::<Hub>(&req)?;
+    let directory = app_data::<Directory>(&req)?;
+    let limits = app_data::<crate::routes::Limits>(&req)?;
+    let limiter = app_data::<Limiter>(&req)?;
     if !caller.access.may_write() {
         return Err(ApiError::Forbidden(format!(
             "the {} role does not sync reports",
@@ -63,11 +63,13 @@ pub async fn route(
         .into());
     }
     let (response, session, stream) = actix_ws::handle(&req, body)?;
-    // actix's default frame limit (64 KiB) is too small for a first sync: raise it, bounded.
+    // actix's default frame limit (64 KiB) is too small for a first sync: raise it, bounded
+    // (`--max-message`; a larger message closes the connection with 1009).
+    let max_message = limits.max_message;
     let stream = stream
-        .max_frame_size(MAX_MESSAGE_BYTES)
+        .max_frame_size(max_message)
         .aggregate_continuations()
-        .max_continuation_size(MAX_MESSAGE_BYTES);
+        .max_continuation_size(max_message);
     let hub = hub.into_inner();
     let id = hub.next_connection.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(connection = id, "ws connection opened");
@@ -75,6 +77,7 @@ pub async fn route(
         engine: engine.into_inner(),
         principal: caller.0,
         directory: directory.into_inner(),
+        limiter: limiter.into_inner(),
         hub,
         id,
         peer: None,
@@ -83,8 +86,15 @@ pub async fn route(
         docs: HashMap::new(),
         seen: HashMap::new(),
     };
-    actix_web::rt::spawn(connection.run(session, stream));
+    actix_web::rt::spawn(connection.run(session, stream, max_message));
     Ok(response)
+}
+
+/// Shared server state registered at startup.
+fn app_data<T: 'static>(req: &HttpRequest) -> Result<web::Data<T>, ApiError> {
+    req.app_data::<web::Data<T>>()
+        .cloned()
+        .ok_or_else(|| ApiError::Internal(format!("{} not configured", std::any::type_name::<T>())))
 }
 
 /// A document a peer has open.
@@ -110,6 +120,9 @@ struct Connection {
     /// Who is on the other end (checked at the upgrade; re-checked when the directory changes).
     principal: Arc<Principal>,
     directory: Arc<Directory>,
+    /// The device's request allowance, shared with its HTTP requests: over it, the connection
+    /// waits before reading the next message (backpressure, not an error).
+    limiter: Arc<Limiter>,
     hub: Arc<Hub>,
     id: u64,
     peer: Option<String>,
@@ -140,7 +153,13 @@ impl From<actix_ws::Closed> for Gone {
 }
 
 impl Connection {
-    async fn run(mut self, mut session: Session, mut stream: actix_ws::AggregatedMessageStream) {
+    async fn run(
+        mut self,
+        mut session: Session,
+        mut stream: actix_ws::AggregatedMessageStream,
+        max_message: usize,
+    ) {
+        let mut close = None;
         let mut committed = self.engine.subscribe();
         let mut relay = self.hub.relay.subscribe();
         let mut directory = self.directory.subscribe();
@@ -156,14 +175,23 @@ impl Connection {
                     Err(_) => Err(Gone),
                 },
                 frame = stream.next() => match frame {
-                    Some(Ok(AggregatedMessage::Binary(bytes))) => self.on_frame(&mut session, &bytes).await,
+                    Some(Ok(AggregatedMessage::Binary(bytes))) => {
+                        while let Err(wait) = self.limiter.check(self.principal.device) {
+                            tokio::time::sleep(wait.0).await;
+                        }
+                        self.on_frame(&mut session, &bytes).await
+                    }
                     Some(Ok(AggregatedMessage::Ping(bytes))) => session.pong(&bytes).await.map_err(Gone::from),
                     Some(Ok(AggregatedMessage::Text(_))) => {
                         let _ = self.send(&mut session, RepoMessage::Error { message: "binary frames only".into() }).await;
                         Err(Gone)
                     }
                     Some(Ok(AggregatedMessage::Pong(_))) => Ok(()),
-                    Some(Ok(AggregatedMessage::Close(_))) | Some(Err(_)) | None => Err(Gone),
+                    Some(Err(e)) => {
+                        close = crate::limit::ws_close_reason(&e, max_message);
+                        Err(Gone)
+                    }
+                    Some(Ok(AggregatedMessage::Close(_))) | None => Err(Gone),
                 },
                 note = committed.recv() => match note {
                     Ok(ids) => {
@@ -187,7 +215,7 @@ impl Connection {
             }
         }
         self.save_sync_states().await;
-        let _ = session.close(None).await;
+        let _ = session.close(close).await;
     }
 
     async fn send(&self, session: &mut Session, message: RepoMessage) -> Result<(), Gone> {
@@ -521,7 +549,10 @@ impl Connection {
                 if !self.audit_read(report).await {
                     // Nothing leaves unrecorded.
                     return self
-                        .error(session, format!("{doc_id}: not sent: the audit trail could not be written"))
+                        .error(
+                            session,
+                            format!("{doc_id}: not sent: the audit trail could not be written"),
+                        )
                         .await;
                 }
                 let target = self.peer.clone().unwrap_or_default();

@@ -1,0 +1,248 @@
+//! Request limits: a per-key rate limiter, and the request-size check every route goes through.
+//!
+//! ## Rate limiting
+//! [`RateLimiter`] is a token bucket per key (the authenticated device, once devices
+//! authenticate): each key may make `burst` requests at once, then `rate` per second. A request
+//! over the limit is answered `429 Too Many Requests` with `Retry-After`
+//! ([`crate::error::ApiError::RateLimited`], built from [`RetryAfter`]).
+//!
+//! The buckets live in a bounded LRU map: at most `max_keys` keys are tracked, the least recently
+//! seen forgotten first, so a flood of new keys cannot grow memory without bound (a forgotten key
+//! starts again with a full bucket — the limit is for fairness and load, not a security
+//! boundary). Time is a parameter ([`RateLimiter::check_at`]): tests drive a clock, not sleeps.
+//!
+//! It is a small hand-written bucket rather than the `governor` crate: governor's keyed limiter
+//! keeps every key in a map that only shrinks when the caller remembers to prune it, and would
+//! bring about ten crates for what is thirty lines here.
+//!
+//! ## Request size
+//! [`reject_oversized`] refuses a request whose declared `Content-Length` exceeds `--max-body`
+//! with the API's 413 before any handler runs — on every route, also those that never read a body.
+//! Bodies without a declared length are cut at the same limit where they are read
+//! (`POST /api/v1/sync` and the JSON extractor), also as 413.
+
+use std::hash::Hash;
+use std::num::NonZeroUsize;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::CONTENT_LENGTH;
+use actix_web::middleware::Next;
+use actix_web::web;
+use lru::LruCache;
+
+use crate::error::ApiError;
+use crate::routes::Limits;
+
+/// Default sustained rate, requests per second per key.
+pub const DEFAULT_RATE: u32 = 20;
+/// Default burst: requests a key may make at once after being idle.
+pub const DEFAULT_BURST: u32 = 100;
+/// Keys tracked at most. Far above the number of devices of a deployment; only a flood of made-up
+/// keys reaches it.
+pub const DEFAULT_MAX_KEYS: usize = 100_000;
+
+/// Refused: the key is over its rate. Try again after this long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryAfter(pub Duration);
+
+impl RetryAfter {
+    /// Whole seconds for the `Retry-After` header: rounded up, at least 1.
+    pub fn seconds(&self) -> u64 {
+        let secs = self.0.as_secs() + u64::from(self.0.subsec_nanos() > 0);
+        secs.max(1)
+    }
+}
+
+/// A token bucket per key, over a bounded map (see the module documentation).
+///
+/// Kept as GCRA, the bucket's exact integer form: per key only the "theoretical arrival time"
+/// `tat` — when the bucket would be full again. A request at `now` is allowed if
+/// `tat - now <= (burst - 1) × interval`, and then moves `tat` one interval on.
+pub struct RateLimiter<K: Hash + Eq> {
+    /// Time for one token to come back (1 / rate).
+    interval: Duration,
+    /// How far ahead of `now` `tat` may be: (burst - 1) intervals.
+    tolerance: Duration,
+    tats: Mutex<LruCache<K, Instant>>,
+}
+
+impl<K: Hash + Eq> RateLimiter<K> {
+    /// `rate` requests per second sustained, `burst` at once, at most `max_keys` keys tracked.
+    /// Zeros are raised to 1.
+    pub fn new(rate: u32, burst: u32, max_keys: usize) -> Self {
+        let interval = Duration::from_nanos(1_000_000_000 / u64::from(rate.max(1)));
+        RateLimiter {
+            interval,
+            tolerance: interval * (burst.max(1) - 1),
+            tats: Mutex::new(LruCache::new(
+                NonZeroUsize::new(max_keys).unwrap_or(NonZeroUsize::MIN),
+            )),
+        }
+    }
+
+    /// Count one request of `key` now: `Ok` if within its limit, else how long until it would be.
+    pub fn check(&self, key: K) -> Result<(), RetryAfter> {
+        self.check_at(key, Instant::now())
+    }
+
+    /// [`check`](Self::check) at time `now`. A `now` earlier than a previous one grants nothing
+    /// (it is not a way to get tokens back).
+    pub fn check_at(&self, key: K, now: Instant) -> Result<(), RetryAfter> {
+        // A poisoned lock only means another request panicked mid-update of a counter: the map is
+        // still usable, and refusing everyone from then on would be worse.
+        let mut tats = self
+            .tats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let tat = tats.get_or_insert_mut(key, || now);
+        let start = (*tat).max(now);
+        let ahead = start.duration_since(now);
+        if ahead > self.tolerance {
+            return Err(RetryAfter(ahead - self.tolerance));
+        }
+        *tat = start + self.interval;
+        Ok(())
+    }
+
+    /// Keys currently tracked.
+    pub fn tracked(&self) -> usize {
+        self.tats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+}
+
+/// Middleware (`middleware::from_fn`): a request declaring a body larger than
+/// [`Limits::max_body`] gets the API's 413 without reaching its handler.
+pub async fn reject_oversized(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    if let Some(limits) = req.app_data::<web::Data<Limits>>() {
+        let limit = limits.max_body;
+        let declared = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(ApiError::TooLarge { limit }.into());
+        }
+    }
+    next.call(req).await
+}
+
+/// The close frame for a WebSocket read error: a message over the limit (one frame over
+/// `max_frame_size`, or continuations adding up to more than `max_continuation_size`) gets code
+/// 1009 "message too big" and a reason naming the limit; other errors close without a reason.
+pub fn ws_close_reason(
+    err: &actix_ws::ProtocolError,
+    limit: usize,
+) -> Option<actix_ws::CloseReason> {
+    let too_big = match err {
+        actix_ws::ProtocolError::Overflow => true,
+        // actix-ws reports oversized continuations as an IO error with only this text.
+        actix_ws::ProtocolError::Io(e) => e.to_string().contains("maximum continuation size"),
+        _ => false,
+    };
+    too_big.then(|| actix_ws::CloseReason {
+        code: actix_ws::CloseCode::Size,
+        description: Some(format!("message larger than the limit of {limit} bytes")),
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn at(start: Instant, ms: u64) -> Instant {
+        start + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn a_burst_is_allowed_then_the_sustained_rate() {
+        let limiter = RateLimiter::new(10, 5, 100);
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            assert_eq!(limiter.check_at("a", t0), Ok(()));
+        }
+        let refused = limiter.check_at("a", t0).unwrap_err();
+        assert_eq!(refused, RetryAfter(Duration::from_millis(100)));
+        assert_eq!(refused.seconds(), 1);
+        // 10/s: one token back after 100 ms, not before.
+        assert!(limiter.check_at("a", at(t0, 99)).is_err());
+        assert_eq!(limiter.check_at("a", at(t0, 100)), Ok(()));
+        assert!(limiter.check_at("a", at(t0, 100)).is_err());
+        // Idle for long: back to a full burst, never more.
+        let later = at(t0, 60_000);
+        for _ in 0..5 {
+            assert_eq!(limiter.check_at("a", later), Ok(()));
+        }
+        assert!(limiter.check_at("a", later).is_err());
+    }
+
+    #[test]
+    fn keys_have_their_own_buckets() {
+        let limiter = RateLimiter::new(1, 2, 100);
+        let t0 = Instant::now();
+        assert!(limiter.check_at(1, t0).is_ok());
+        assert!(limiter.check_at(1, t0).is_ok());
+        assert!(limiter.check_at(1, t0).is_err());
+        assert!(limiter.check_at(2, t0).is_ok(), "another key is not slowed");
+    }
+
+    #[test]
+    fn a_clock_going_backwards_grants_nothing() {
+        let limiter = RateLimiter::new(1, 1, 100);
+        let t0 = Instant::now() + Duration::from_secs(10);
+        assert!(limiter.check_at("a", t0).is_ok());
+        assert_eq!(
+            limiter.check_at("a", t0 - Duration::from_secs(5)),
+            Err(RetryAfter(Duration::from_secs(6)))
+        );
+        assert!(limiter.check_at("a", t0).is_err());
+        assert!(limiter.check_at("a", at(t0, 1000)).is_ok());
+    }
+
+    #[test]
+    fn the_map_of_keys_is_bounded_and_forgets_the_least_recent() {
+        let limiter = RateLimiter::new(1, 1, 3);
+        let t0 = Instant::now();
+        for key in 0..1000 {
+            let _ = limiter.check_at(key, t0);
+        }
+        assert_eq!(limiter.tracked(), 3);
+        // 997..=999 are remembered (and spent), 0 was forgotten (fresh bucket).
+        assert!(limiter.check_at(999, t0).is_err());
+        assert!(limiter.check_at(0, t0).is_ok());
+    }
+
+    #[test]
+    fn oversized_websocket_messages_close_with_1009() {
+        let frame = ws_close_reason(&actix_ws::ProtocolError::Overflow, 10).unwrap();
+        assert_eq!(frame.code, actix_ws::CloseCode::Size);
+        assert_eq!(u16::from(frame.code), 1009);
+        assert_eq!(
+            frame.description.as_deref(),
+            Some("message larger than the limit of 10 bytes")
+        );
+        let continuation = actix_ws::ProtocolError::Io(std::io::Error::other(
+            "Exceeded maximum continuation size",
+        ));
+        assert!(ws_close_reason(&continuation, 10).is_some());
+        assert!(ws_close_reason(&actix_ws::ProtocolError::UnmaskedFrame, 10).is_none());
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        assert_eq!(RetryAfter(Duration::from_millis(1)).seconds(), 1);
+        assert_eq!(RetryAfter(Duration::from_millis(1500)).seconds(), 2);
+        assert_eq!(RetryAfter(Duration::from_secs(3)).seconds(), 3);
+        assert_eq!(RetryAfter(Duration::ZERO).seconds(), 1);
+    }
+}

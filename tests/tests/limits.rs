@@ -1,0 +1,151 @@
+//! Size limits over real sockets: a body over `--max-body` gets the API's 413 on every route,
+//! declared or chunked, and a WebSocket message over `--max-message` closes the connection with
+//! 1009 and a reason.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use desa_tests::Server;
+use futures::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+const LIMIT: usize = 1000;
+
+/// How the body is framed.
+#[derive(Debug, Clone, Copy)]
+enum Framing {
+    Declared,
+    Chunked,
+}
+
+/// One HTTP/1.1 request written by hand (any method may carry a body), the answer's status and
+/// JSON body. The body is small enough to sit in the socket buffers, so the server may answer
+/// before reading it.
+fn request(port: u16, method: &str, path: &str, body: &[u8], framing: Framing) -> (u16, Value) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+         Content-Type: application/json\r\n"
+    );
+    let mut out = Vec::new();
+    match framing {
+        Framing::Declared => {
+            head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+            out.extend_from_slice(head.as_bytes());
+            out.extend_from_slice(body);
+        }
+        Framing::Chunked => {
+            head.push_str("Transfer-Encoding: chunked\r\n\r\n");
+            out.extend_from_slice(head.as_bytes());
+            for chunk in body.chunks(300) {
+                out.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                out.extend_from_slice(chunk);
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"0\r\n\r\n");
+        }
+    }
+    // The server may close as soon as it has answered; a write cut short is fine.
+    let _ = stream.write_all(&out);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP answer to {method} {path}: {text:?}"));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line: {head:?}"));
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(Value::String(body.into())),
+    )
+}
+
+#[test]
+fn an_oversized_body_gets_413_with_the_json_error_on_every_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let limit = LIMIT.to_string();
+    let server = Server::start(dir.path(), &["--max-body", &limit]);
+    let port = server.port();
+    let profile =
+        sync_core::ReportId::village_profile(sync_core::VillageCode::parse("6302010001").unwrap());
+    let patch_path = format!("/api/v1/reports/{profile}");
+    let big_json = format!("{{\"note\": \"{}\"}}", "x".repeat(2 * LIMIT));
+    let routes = [
+        ("POST", "/api/v1/sync"),
+        ("PATCH", patch_path.as_str()),
+        ("GET", "/healthz"),
+        ("GET", "/api/v1/reports"),
+        ("GET", patch_path.as_str()),
+        ("GET", "/api/v1/villages"),
+        ("GET", "/api/v1/schemas/incident"),
+        ("GET", "/ws"),
+        ("POST", "/no/such/route"),
+    ];
+    for (method, path) in routes {
+        let (status, body) = request(port, method, path, big_json.as_bytes(), Framing::Declared);
+        assert_eq!(status, 413, "{method} {path}: {body}");
+        assert_eq!(body["error"], "too_large", "{method} {path}: {body}");
+        assert_eq!(
+            body["detail"],
+            format!("body larger than the limit of {LIMIT} bytes")
+        );
+    }
+    // Without a declared length, the routes that read a body cut it at the limit.
+    for (method, path) in [("POST", "/api/v1/sync"), ("PATCH", patch_path.as_str())] {
+        let (status, body) = request(port, method, path, big_json.as_bytes(), Framing::Chunked);
+        assert_eq!(status, 413, "{method} {path} chunked: {body}");
+        assert_eq!(
+            body["error"], "too_large",
+            "{method} {path} chunked: {body}"
+        );
+    }
+    // Under the limit, the same requests reach their handlers (a village profile has no notes:
+    // the handler's own 400 shows the body was read and parsed).
+    let small = br#"{"note": "short"}"#;
+    let (status, body) = request(port, "PATCH", &patch_path, small, Framing::Chunked);
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "bad_request", "{body}");
+    let (status, body) = request(port, "GET", "/healthz", b"{}", Framing::Declared);
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn a_websocket_message_over_the_limit_closes_with_1009() {
+    let dir = tempfile::tempdir().unwrap();
+    let limit = LIMIT.to_string();
+    let server = Server::start(dir.path(), &["--max-message", &limit]);
+    let url = format!("ws://127.0.0.1:{}/ws", server.port());
+    let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .expect("connect");
+    socket
+        .send(Message::Binary(vec![0xa0; 2 * LIMIT].into()))
+        .await
+        .expect("send");
+    let close = loop {
+        let frame = tokio::time::timeout(Duration::from_secs(30), socket.next())
+            .await
+            .expect("an answer")
+            .expect("a frame before the end")
+            .expect("a clean close");
+        if let Message::Close(close) = frame {
+            break close.expect("a close code");
+        }
+    };
+    assert_eq!(close.code, CloseCode::Size);
+    assert_eq!(
+        close.reason.as_str(),
+        format!("message larger than the limit of {LIMIT} bytes")
+    );
+}
