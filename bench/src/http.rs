@@ -35,17 +35,21 @@ pub struct Conn {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
     host: String,
+    /// `Authorization` header value sent with every request (counted in the traffic, like any
+    /// header: a device pays for it on every request).
+    auth: String,
 }
 
 impl Conn {
-    /// Connect to `127.0.0.1:port`.
-    pub fn open(port: u16) -> std::io::Result<Conn> {
+    /// Connect to `127.0.0.1:port`, authenticating with the device token `token`.
+    pub fn open(port: u16, token: &str) -> std::io::Result<Conn> {
         let stream = TcpStream::connect(("127.0.0.1", port))?;
         stream.set_nodelay(true)?;
         Ok(Conn {
             reader: BufReader::new(stream.try_clone()?),
             writer: stream,
             host: format!("127.0.0.1:{port}"),
+            auth: format!("Bearer {token}"),
         })
     }
 
@@ -57,7 +61,10 @@ impl Conn {
         content_type: Option<&str>,
         body: &[u8],
     ) -> std::io::Result<(u16, Vec<u8>, Traffic)> {
-        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.host);
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\n",
+            self.host, self.auth
+        );
         if let Some(ct) = content_type {
             head.push_str(&format!(
                 "Content-Type: {ct}\r\nContent-Length: {}\r\n",

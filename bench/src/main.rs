@@ -141,14 +141,20 @@ fn process_usage(pid: u32) -> (f64, f64, f64) {
 fn run() -> Res<()> {
     let villages: Vec<VillageCode> = sync_core::all_villages().map(|v| v.code).collect();
     let dir = tempfile::tempdir()?;
-    let server = Server::start(dir.path(), &[]);
+    // The per-device rate limit (20/s) is for the field; the load phases drive the server at full
+    // speed through one coordinator token.
+    let server = Server::start(
+        dir.path(),
+        &["--rate-limit", "1000000", "--rate-burst", "1000000"],
+    );
+    let token = server.coordinator.clone();
     let port: u16 = server
         .url
         .rsplit(':')
         .next()
         .and_then(|p| p.parse().ok())
         .ok_or("server url")?;
-    let mut conn = Conn::open(port)?;
+    let mut conn = Conn::open(port, &token)?;
     println!("desa-bench against {} (pid {})\n", server.url, server.pid());
 
     // 1. A village of 1,000 reports; a new device joins it.
@@ -225,12 +231,13 @@ fn run() -> Res<()> {
     let started = Instant::now();
     let per_village: Vec<Vec<MemoryDevice>> =
         devices.chunks(10).map(<[MemoryDevice]>::to_vec).collect();
+    let token_ref: &str = &token;
     let results: Vec<Res<(usize, Traffic, Duration)>> = std::thread::scope(|scope| {
         let handles: Vec<_> = per_village
             .into_iter()
             .enumerate()
             .map(|(v, mut devices)| {
-                scope.spawn(move || ingest_village(port, &mut devices, v as u64))
+                scope.spawn(move || ingest_village(port, token_ref, &mut devices, v as u64))
             })
             .collect();
         handles
@@ -293,11 +300,11 @@ fn run() -> Res<()> {
         });
         // What one device request carries at most (1 MiB of changes).
         if batch.len() == 500 {
-            upload(port, writer_device, std::mem::take(&mut batch))?;
+            upload(port, &token, writer_device, std::mem::take(&mut batch))?;
         }
     }
-    upload(port, writer_device, batch)?;
-    let mut conn = Conn::open(port)?;
+    upload(port, &token, writer_device, batch)?;
+    let mut conn = Conn::open(port, &token)?;
     println!(
         "loaded {target} reports in {:.0} s",
         started.elapsed().as_secs_f64()
@@ -391,10 +398,11 @@ fn rss_note(server: &Server, when: &str) {
 /// One village's devices: 5 rounds of 10 edits each then a sync, over one connection.
 fn ingest_village(
     port: u16,
+    token: &str,
     devices: &mut [MemoryDevice],
     seed: u64,
 ) -> Res<(usize, Traffic, Duration)> {
-    let mut conn = Conn::open(port)?;
+    let mut conn = Conn::open(port, token)?;
     let mut rng = 0x2545F4914F6CDD1Du64 ^ (seed.wrapping_mul(0x9E3779B97F4A7C15));
     let (mut edits, mut traffic, mut in_requests) = (0usize, Traffic::default(), Duration::ZERO);
     for round in 0..5 {
@@ -449,9 +457,9 @@ fn outbox_bytes(d: &MemoryDevice) -> usize {
         .sum()
 }
 
-fn upload(port: u16, device: DeviceId, uploads: Vec<Upload>) -> Res<()> {
+fn upload(port: u16, token: &str, device: DeviceId, uploads: Vec<Upload>) -> Res<()> {
     // A fresh connection: building a batch takes longer than the server's keep-alive.
-    let conn = &mut Conn::open(port)?;
+    let conn = &mut Conn::open(port, token)?;
     let request = SyncRequest {
         device,
         positions: vec![],

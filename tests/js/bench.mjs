@@ -173,9 +173,16 @@ async function startReference(dataDir) {
 async function startDesa(dataDir) {
   const bin = resolve(args["desa-server"])
   if (!existsSync(bin)) throw new Error(`no desa-server binary at ${bin}`)
-  return startServer("desa", bin, ["serve", "--bind", "127.0.0.1:0", "--data", join(dataDir, "desa")], {}, dataDir, line => {
+  // A throwaway database key, and one coordinator device whose token every client uses (in the URL,
+  // as a browser must). The field rate limit (20 requests/s per device) is lifted: the benchmark
+  // measures the server at full speed.
+  const env = { DESA_KEY: "62656e6368206b6579206f6620646573612d73796e632c206e6f742073656372", DESA_DATA: join(dataDir, "desa") }
+  const admin = argv => execFileSync(bin, argv, { env: { ...process.env, ...env }, encoding: "utf8" })
+  admin(["user", "add", "bench", "--role", "coordinator"])
+  const token = admin(["device", "add", "bench"]).trim().split("\n").pop()
+  return startServer("desa", bin, ["serve", "--bind", "127.0.0.1:0", "--rate-limit", "1000000", "--rate-burst", "1000000"], env, dataDir, line => {
     const m = /listening on http:\/\/([^\s/]+)/.exec(line)
-    return m ? `ws://${m[1]}/ws` : null
+    return m ? `ws://${m[1]}/ws?token=${token}` : null
   })
 }
 
@@ -255,7 +262,9 @@ async function verify(wsUrl, expected) {
 /// desa only: a change made over HTTP (a coordinator's PATCH) reaching a connected automerge-repo
 /// client that has the report open — the live relay. Returns the delays in ms.
 async function pushDelays(wsUrl, expected, n = 50) {
-  const httpBase = wsUrl.replace(/^ws/, "http").replace(/\/ws$/, "")
+  const ws = new URL(wsUrl)
+  const httpBase = `http://${ws.host}`
+  const token = ws.searchParams.get("token")
   const c = await connectedClient(wsUrl, "bench-push")
   const delays = []
   try {
@@ -266,7 +275,7 @@ async function pushDelays(wsUrl, expected, n = 50) {
       const t0 = performance.now()
       const res = await fetch(`${httpBase}/api/v1/reports/${exp.url.slice("automerge:".length)}`, {
         method: "PATCH",
-        headers: { "content-type": "application/json" },
+        headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
         body: JSON.stringify({ note: text }),
       })
       if (res.status !== 200) throw new Error(`PATCH answered ${res.status}`)

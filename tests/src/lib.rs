@@ -346,6 +346,17 @@ impl Desa {
 
     /// `desa init` with a given token.
     pub fn init_with_token(server_url: &str, village: &str, name: &str, token: &str) -> Desa {
+        Desa::init_with(server_url, village, name, token, &[])
+    }
+
+    /// `desa init` with a given token and more `init` arguments (`--ca-file PEM`).
+    pub fn init_with(
+        server_url: &str,
+        village: &str,
+        name: &str,
+        token: &str,
+        extra: &[&str],
+    ) -> Desa {
         let dir = tempfile::tempdir().unwrap();
         let desa = Desa {
             store: dir.path().join("store.db"),
@@ -361,6 +372,7 @@ impl Desa {
                 "--name",
                 name,
             ])
+            .args(extra)
             .env("DESA_TOKEN", token)
             .output()
             .expect("run desa init");

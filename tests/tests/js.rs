@@ -45,7 +45,12 @@ fn incident_count(server: &Server) -> usize {
 #[test]
 fn javascript_clients_sync_through_desa_sync_and_interoperate_with_the_cli() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start(dir.path(), &[]);
+    // The scenario's dozen JS clients stand for many devices but share one token, so the per-device
+    // request rate (tests/tests/limits.rs checks it) is raised here.
+    let mut server = Server::start(
+        dir.path(),
+        &["--rate-limit", "10000", "--rate-burst", "100000"],
+    );
     let desa = Desa::init(&server, VILLAGE, "Ani");
     let id = desa
         .ok(&[

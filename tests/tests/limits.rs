@@ -25,14 +25,22 @@ enum Framing {
 /// One HTTP/1.1 request written by hand (any method may carry a body), the answer's status and
 /// JSON body. The body is small enough to sit in the socket buffers, so the server may answer
 /// before reading it.
-fn request(port: u16, method: &str, path: &str, body: &[u8], framing: Framing) -> (u16, Value) {
+fn request(
+    server: &Server,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    framing: Framing,
+) -> (u16, Value) {
+    let port = server.port();
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
-         Content-Type: application/json\r\n"
+         Content-Type: application/json\r\nAuthorization: Bearer {}\r\n",
+        server.coordinator
     );
     let mut out = Vec::new();
     match framing {
@@ -93,7 +101,13 @@ fn an_oversized_body_gets_413_with_the_json_error_on_every_route() {
         ("POST", "/no/such/route"),
     ];
     for (method, path) in routes {
-        let (status, body) = request(port, method, path, big_json.as_bytes(), Framing::Declared);
+        let (status, body) = request(
+            &server,
+            method,
+            path,
+            big_json.as_bytes(),
+            Framing::Declared,
+        );
         assert_eq!(status, 413, "{method} {path}: {body}");
         assert_eq!(body["error"], "too_large", "{method} {path}: {body}");
         assert_eq!(
@@ -103,7 +117,7 @@ fn an_oversized_body_gets_413_with_the_json_error_on_every_route() {
     }
     // Without a declared length, the routes that read a body cut it at the limit.
     for (method, path) in [("POST", "/api/v1/sync"), ("PATCH", patch_path.as_str())] {
-        let (status, body) = request(port, method, path, big_json.as_bytes(), Framing::Chunked);
+        let (status, body) = request(&server, method, path, big_json.as_bytes(), Framing::Chunked);
         assert_eq!(status, 413, "{method} {path} chunked: {body}");
         assert_eq!(
             body["error"], "too_large",
@@ -113,10 +127,10 @@ fn an_oversized_body_gets_413_with_the_json_error_on_every_route() {
     // Under the limit, the same requests reach their handlers (a village profile has no notes:
     // the handler's own 400 shows the body was read and parsed).
     let small = br#"{"note": "short"}"#;
-    let (status, body) = request(port, "PATCH", &patch_path, small, Framing::Chunked);
+    let (status, body) = request(&server, "PATCH", &patch_path, small, Framing::Chunked);
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"], "bad_request", "{body}");
-    let (status, body) = request(port, "GET", "/healthz", b"{}", Framing::Declared);
+    let (status, body) = request(&server, "GET", "/healthz", b"{}", Framing::Declared);
     assert_eq!(status, 200, "{body}");
 }
 
@@ -125,7 +139,7 @@ async fn a_websocket_message_over_the_limit_closes_with_1009() {
     let dir = tempfile::tempdir().unwrap();
     let limit = LIMIT.to_string();
     let server = Server::start(dir.path(), &["--max-message", &limit]);
-    let url = format!("ws://127.0.0.1:{}/ws", server.port());
+    let url = server.ws_url(&server.coordinator);
     let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
         .await
         .expect("connect");
@@ -148,4 +162,39 @@ async fn a_websocket_message_over_the_limit_closes_with_1009() {
         close.reason.as_str(),
         format!("message larger than the limit of {LIMIT} bytes")
     );
+}
+
+#[test]
+fn a_device_over_its_rate_gets_429_with_retry_after_and_others_are_not_affected() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--rate-limit", "1", "--rate-burst", "5"]);
+    let busy = server.token("busy", "volunteer", &["6302010001"]);
+    let calm = server.token("calm", "volunteer", &["6302010001"]);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let me = |token: &str| {
+        agent
+            .get(format!("{}/api/v1/me", server.url))
+            .header("Authorization", format!("Bearer {token}"))
+            .call()
+            .unwrap()
+    };
+    // The burst passes; the next request within the second does not.
+    for _ in 0..5 {
+        assert_eq!(me(&busy).status(), 200);
+    }
+    let mut refused = me(&busy);
+    assert_eq!(refused.status(), 429);
+    let retry: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry), "Retry-After: {retry}");
+    let body: Value = serde_json::from_str(&refused.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(body["error"], "rate_limited");
+    // Another device has its own allowance.
+    assert_eq!(me(&calm).status(), 200);
 }

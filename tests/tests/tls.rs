@@ -70,6 +70,39 @@ fn https_serves_the_api_with_the_given_certificate_and_plain_http_is_refused() {
 }
 
 #[test]
+fn a_field_device_syncs_over_https_trusting_the_office_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, der) = certificate(dir.path());
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--tls-cert", &cert, "--tls-key", &key],
+    );
+    let https = format!("https://127.0.0.1:{}", server.port());
+    let token = server.token("ani", "volunteer", &["6302010001"]);
+    let desa =
+        desa_tests::Desa::init_with(&https, "6302010001", "Ani", &token, &["--ca-file", &cert]);
+    let id = desa
+        .ok(&[
+            "new",
+            "incident",
+            "--set",
+            "category=other",
+            "--set",
+            "title=Sent over TLS",
+        ])
+        .last_line();
+    desa.sync();
+    let mut answer = trusting(&der)
+        .get(format!("{https}/api/v1/reports/{id}"))
+        .header("Authorization", format!("Bearer {}", server.coordinator))
+        .call()
+        .expect("HTTPS request");
+    let body: serde_json::Value =
+        serde_json::from_str(&answer.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(body["document"]["title"], "Sent over TLS");
+}
+
+#[test]
 fn wss_upgrades_over_tls() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key, der) = certificate(dir.path());
@@ -93,8 +126,9 @@ fn wss_upgrades_over_tls() {
     let mut stream = rustls::StreamOwned::new(tls, tcp);
     write!(
         stream,
-        "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        "GET /ws?token={} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.coordinator
     )
     .unwrap();
     stream.flush().unwrap();
