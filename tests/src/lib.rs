@@ -12,6 +12,8 @@ use std::process::{Child, Command, Output, Stdio};
 
 use serde_json::Value;
 
+pub mod ws;
+
 /// `target/<profile>`: where this executable was built (tests live one level down, in `deps/`).
 fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("own executable path");
@@ -430,4 +432,29 @@ impl Desa {
     pub fn store_path(&self) -> &Path {
         &self.store
     }
+}
+
+/// Wait (bounded, 60 s) for a `desa-server` that must refuse to start; its exit code and stderr
+/// (which must have been piped).
+pub fn refused(mut child: Child) -> (i32, String) {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("desa-server kept running");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (status.code().unwrap_or(-1), stderr)
 }

@@ -5,18 +5,17 @@
 
 use std::time::{Duration, Instant};
 
+use desa_tests::ws::{self, join, next, send, Socket};
 use desa_tests::Server;
-use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use sync_core::automerge::sync::{State, SyncDoc};
 use sync_core::automerge::Automerge;
-use sync_core::protocol::repo::{PeerMetadata, RepoMessage};
+use sync_core::protocol::repo::RepoMessage;
 use sync_core::protocol::{Position, Scope, ScopePosition, SyncRequest, SyncResponse, WireVerdict};
 use sync_core::sim::MemoryDevice;
 use sync_core::{
     DeviceId, DeviceToken, Edit, FieldPath, RefusalCode, ReportId, ReportKind, VillageCode,
 };
-use tokio_tungstenite::tungstenite::Message;
 
 const HOME: &str = "6302010001";
 const OTHER: &str = "6302010002";
@@ -465,57 +464,11 @@ fn forbidden_changes_over_http_are_refused_with_their_reason_and_allowed_ones_ke
     }
 }
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn ws_connect(url: &str) -> Result<Socket, u16> {
-    match tokio_tungstenite::connect_async(url).await {
-        Ok((socket, _)) => Ok(socket),
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            Err(response.status().as_u16())
-        }
-        Err(e) => panic!("connect: {e}"),
-    }
-}
-
-async fn send(socket: &mut Socket, message: RepoMessage) {
-    socket
-        .send(Message::Binary(message.encode().into()))
-        .await
-        .expect("send");
-}
-
-async fn next(socket: &mut Socket, wait: Duration) -> Option<RepoMessage> {
-    loop {
-        let frame = tokio::time::timeout(wait, socket.next())
-            .await
-            .ok()??
-            .ok()?;
-        match frame {
-            Message::Binary(bytes) => return Some(RepoMessage::decode(&bytes).unwrap()),
-            Message::Close(_) => return None,
-            _ => continue,
-        }
-    }
-}
-
 async fn joined(url: &str, peer: &str) -> Socket {
-    let mut socket = ws_connect(url).await.expect("upgrade");
-    send(
-        &mut socket,
-        RepoMessage::Join {
-            sender_id: peer.into(),
-            supported_protocol_versions: vec!["1".into()],
-            metadata: PeerMetadata {
-                storage_id: None,
-                is_ephemeral: true,
-            },
-        },
-    )
-    .await;
+    let mut socket = ws::connect(url).await.expect("upgrade");
     assert!(matches!(
-        next(&mut socket, Duration::from_secs(5)).await,
-        Some(RepoMessage::Peer { .. })
+        join(&mut socket, peer).await,
+        RepoMessage::Peer { .. }
     ));
     socket
 }
@@ -541,7 +494,7 @@ async fn the_websocket_keeps_the_same_rules() {
     // The upgrade: 401 without a valid token (query or header), 403 for roles that do not sync.
     let base = w.server.ws_url("x");
     let base = base.trim_end_matches("?token=x");
-    assert_eq!(ws_connect(base).await.err(), Some(401));
+    assert_eq!(ws::connect(base).await.err(), Some(401));
     for (who, want) in [
         (Who::BadToken, 401),
         (Who::Revoked, 401),
@@ -549,7 +502,7 @@ async fn the_websocket_keeps_the_same_rules() {
         (Who::Admin, 403),
     ] {
         let url = w.server.ws_url(w.token(who).unwrap());
-        assert_eq!(ws_connect(&url).await.err(), Some(want), "{who:?}");
+        assert_eq!(ws::connect(&url).await.err(), Some(want), "{who:?}");
     }
     // The header works too (samod-style clients).
     let mut request =

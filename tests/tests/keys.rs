@@ -6,7 +6,6 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use desa_tests::binary;
 
@@ -50,29 +49,6 @@ fn started(mut child: Child) -> String {
         "did not start: {line:?}\n{stderr}"
     );
     stderr
-}
-
-/// Wait (bounded) for a server that must refuse to start; its exit code and stderr.
-fn refused(mut child: Child) -> (i32, String) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("desa-server kept running");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    (status.code().unwrap_or(-1), stderr)
 }
 
 #[test]
@@ -120,7 +96,7 @@ fn a_wrong_key_stops_the_server_with_one_clear_message() {
     let wal = data.join("desa.sqlite3-wal");
     let before = (std::fs::read(&db).unwrap(), std::fs::read(&wal).unwrap());
 
-    let (code, stderr) = refused(serve(&data, &[("DESA_KEY", &"2".repeat(64))]));
+    let (code, stderr) = desa_tests::refused(serve(&data, &[("DESA_KEY", &"2".repeat(64))]));
     assert_ne!(code, 0);
     assert_eq!(
         stderr.trim(),
@@ -141,7 +117,7 @@ fn a_wrong_key_stops_the_server_with_one_clear_message() {
 fn malformed_and_exposed_keys_are_refused_with_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (code, stderr) = refused(serve(&data, &[("DESA_KEY", "abc")]));
+    let (code, stderr) = desa_tests::refused(serve(&data, &[("DESA_KEY", "abc")]));
     assert_ne!(code, 0);
     assert!(
         stderr.contains("DESA_KEY does not hold a key: 3 characters"),
@@ -154,7 +130,7 @@ fn malformed_and_exposed_keys_are_refused_with_what_to_do() {
         let key_file = dir.path().join("exposed.key");
         std::fs::write(&key_file, "3".repeat(64)).unwrap();
         std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let (code, stderr) = refused(serve(
+        let (code, stderr) = desa_tests::refused(serve(
             &data,
             &[("DESA_KEY_FILE", key_file.to_str().unwrap())],
         ));

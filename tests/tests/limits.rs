@@ -84,7 +84,6 @@ fn an_oversized_body_gets_413_with_the_json_error_on_every_route() {
     let dir = tempfile::tempdir().unwrap();
     let limit = LIMIT.to_string();
     let server = Server::start(dir.path(), &["--max-body", &limit]);
-    let port = server.port();
     let profile =
         sync_core::ReportId::village_profile(sync_core::VillageCode::parse("6302010001").unwrap());
     let patch_path = format!("/api/v1/reports/{profile}");

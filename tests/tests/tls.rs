@@ -3,12 +3,12 @@
 //! `--insecure-allow-plaintext` says the network is trusted.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use desa_tests::{binary, Server, TEST_KEY};
 
@@ -155,34 +155,11 @@ fn serve(data: &Path, args: &[&str]) -> Child {
         .expect("start desa-server")
 }
 
-/// Wait (bounded) for a server that must refuse to start; its exit code and stderr.
-fn refused(mut child: Child) -> (i32, String) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("desa-server kept running");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    (status.code().unwrap_or(-1), stderr)
-}
-
 #[test]
 fn plain_http_on_a_non_loopback_address_needs_the_insecure_flag() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (code, stderr) = refused(serve(&data, &["--bind", "0.0.0.0:0"]));
+    let (code, stderr) = desa_tests::refused(serve(&data, &["--bind", "0.0.0.0:0"]));
     assert_ne!(code, 0);
     assert!(
         stderr.contains("refusing to serve plain HTTP on 0.0.0.0:0")
@@ -252,7 +229,7 @@ fn a_bad_certificate_stops_the_server_with_a_message_naming_the_file() {
     let (_, key, _) = certificate(dir.path());
     let bogus = dir.path().join("bogus.pem");
     std::fs::write(&bogus, "not a certificate").unwrap();
-    let (code, stderr) = refused(serve(
+    let (code, stderr) = desa_tests::refused(serve(
         &dir.path().join("data"),
         &["--tls-cert", bogus.to_str().unwrap(), "--tls-key", &key],
     ));

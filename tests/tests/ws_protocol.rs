@@ -4,66 +4,20 @@
 
 use std::time::Duration;
 
+use desa_tests::ws::{self, join, next, send, Socket};
 use desa_tests::Server;
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use sync_core::automerge::sync::{State, SyncDoc};
 use sync_core::automerge::Automerge;
-use sync_core::protocol::repo::{PeerMetadata, RepoMessage};
+use sync_core::protocol::repo::RepoMessage;
 use sync_core::protocol::{Bytes, SyncRequest, Upload};
 use sync_core::{DeviceId, ReportId};
 use tokio_tungstenite::tungstenite::Message;
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 async fn connect(server: &Server) -> Socket {
-    let url = server.ws_url(&server.coordinator);
-    tokio_tungstenite::connect_async(url.as_str())
+    ws::connect(&server.ws_url(&server.coordinator))
         .await
-        .expect("connect")
-        .0
-}
-
-async fn send(socket: &mut Socket, message: RepoMessage) {
-    socket
-        .send(Message::Binary(message.encode().into()))
-        .await
-        .expect("send");
-}
-
-/// The next protocol message, or `None` if nothing comes within `wait`.
-async fn next(socket: &mut Socket, wait: Duration) -> Option<RepoMessage> {
-    loop {
-        let frame = tokio::time::timeout(wait, socket.next())
-            .await
-            .ok()??
-            .ok()?;
-        match frame {
-            Message::Binary(bytes) => {
-                return Some(RepoMessage::decode(&bytes).expect("server sends valid messages"))
-            }
-            Message::Close(_) => return None,
-            _ => continue,
-        }
-    }
-}
-
-async fn join(socket: &mut Socket, peer: &str) -> RepoMessage {
-    send(
-        socket,
-        RepoMessage::Join {
-            sender_id: peer.into(),
-            supported_protocol_versions: vec!["1".into()],
-            metadata: PeerMetadata {
-                storage_id: None,
-                is_ephemeral: true,
-            },
-        },
-    )
-    .await;
-    next(socket, Duration::from_secs(5))
-        .await
-        .expect("an answer to join")
+        .expect("upgrade")
 }
 
 fn incident(id: ReportId) -> sync_core::automerge::Change {
