@@ -138,6 +138,11 @@ pub struct Settings {
     /// TLS private key (PEM) of --tls-cert.
     #[arg(long, env = "DESA_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Reports per sync answer page at most (a page also stops at 512 KiB); a device asks for the
+    /// next page.
+    #[arg(long, env = "DESA_PAGE_REPORTS", default_value_t = 500,
+          value_parser = clap::value_parser!(u16).range(1..=10_000))]
+    pub page_reports: u16,
     /// Requests per second a device may make, sustained (429 above it).
     #[arg(long, env = "DESA_RATE_LIMIT", default_value_t = crate::limit::DEFAULT_RATE,
           value_parser = clap::value_parser!(u32).range(1..))]

@@ -87,6 +87,8 @@ impl Shared {
 pub struct Engine {
     shared: Arc<Shared>,
     ingestor: Ingestor,
+    /// Reports per sync answer page (at most; a page also stops at 512 KiB).
+    page_reports: usize,
 }
 
 /// Commit notifications a slow listener may fall behind by before it is told it lagged (and then
@@ -111,7 +113,17 @@ impl Engine {
             committed,
         });
         let ingestor = Ingestor::start(shared.clone())?;
-        Ok(Engine { shared, ingestor })
+        Ok(Engine {
+            shared,
+            ingestor,
+            page_reports: steps::PAGE_REPORTS,
+        })
+    }
+
+    /// At most `n` reports per sync answer page (default [`steps::PAGE_REPORTS`], 500).
+    pub fn with_page_reports(mut self, n: usize) -> Self {
+        self.page_reports = n.max(1);
+        self
     }
 
     /// Notifications of committed reports, from now on.
@@ -249,8 +261,9 @@ impl Engine {
         let rows = self
             .shared
             .store
-            .feed(village, &position, steps::PAGE_REPORTS + 1)?;
-        let mut builder = FeedBuilder::new(scope, position);
+            .feed(village, &position, self.page_reports + 1)?;
+        let mut builder =
+            FeedBuilder::with_limits(scope, position, self.page_reports, steps::PAGE_BYTES);
         let mut rows = rows.into_iter().peekable();
         while builder.has_room() {
             let Some(row) = rows.next() else { break };

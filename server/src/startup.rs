@@ -149,7 +149,8 @@ impl Application {
         crate::auth::watch(directory.clone(), DIRECTORY_POLL)
             .map_err(|e| StartError::Config(format!("starting the directory watcher: {e}")))?;
         let engine = Engine::new(store, settings.cache_reports)
-            .map_err(|e| StartError::Config(format!("starting the writer thread: {e}")))?;
+            .map_err(|e| StartError::Config(format!("starting the writer thread: {e}")))?
+            .with_page_reports(usize::from(settings.page_reports));
         let created = engine.seed_village_profiles()?;
         if created > 0 {
             tracing::info!(created, "created village profiles");

@@ -197,3 +197,44 @@ fn a_device_over_its_rate_gets_429_with_retry_after_and_others_are_not_affected(
     // Another device has its own allowance.
     assert_eq!(me(&calm).status(), 200);
 }
+
+#[test]
+fn sync_answers_hold_at_most_the_configured_reports_per_page() {
+    use sync_core::protocol::SyncResponse;
+    use sync_core::sim::MemoryDevice;
+    use sync_core::{DeviceId, ReportKind, VillageCode};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--page-reports", "2"]);
+    let village = VillageCode::parse("6302010001").unwrap();
+    let sync = |device: &mut MemoryDevice| {
+        let mut pages = Vec::new();
+        loop {
+            let (status, body) = server.post_sync(&device.request());
+            assert_eq!(status, 200);
+            pages.push(SyncResponse::decode(&body).unwrap());
+            if !device.handle_response(&body).unwrap() {
+                return pages;
+            }
+        }
+    };
+    let mut author = MemoryDevice::new(DeviceId::from_bytes([1; 16]), village);
+    for n in 0..5 {
+        author
+            .create(
+                ReportKind::Incident,
+                &sync_core::sim::sample_fields(&format!("report {n}")),
+            )
+            .unwrap();
+    }
+    sync(&mut author);
+    // A new device: 5 incidents and the village profile, two per page.
+    let mut fresh = MemoryDevice::new(DeviceId::from_bytes([2; 16]), village);
+    let pages = sync(&mut fresh);
+    let sizes: Vec<usize> = pages
+        .iter()
+        .map(|p| p.feeds.iter().map(|f| f.items.len()).sum())
+        .collect();
+    assert!(sizes.iter().all(|n| *n <= 2), "{sizes:?}");
+    assert_eq!(sizes.iter().sum::<usize>(), 6, "{sizes:?}");
+}
