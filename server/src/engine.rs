@@ -184,6 +184,11 @@ impl Engine {
         self.ingestor.submit(batches, principal, via)
     }
 
+    /// Durably append audit events (through the group commit).
+    pub fn audit(&self, events: Vec<AuditEvent>) -> Result<(), EngineError> {
+        self.ingestor.audit(events)
+    }
+
     /// Answer one sync request (the body of `POST /api/v1/sync`) from `principal`: its uploads are
     /// judged with the principal's access, and only scopes (villages) it covers may be asked for.
     pub fn sync(&self, body: &[u8], principal: &Principal) -> Result<Vec<u8>, EngineError> {
@@ -232,8 +237,9 @@ impl Engine {
             .flat_map(|f| f.items.iter().map(|i| i.report.to_string()))
             .collect();
         if !sent.is_empty() {
-            // Who downloaded which report. A sync with nothing new writes nothing.
-            self.shared.store.append_audit(&[AuditEvent::now(
+            // Who downloaded which report, durably before the answer leaves. A sync with nothing
+            // new writes nothing.
+            self.audit(vec![AuditEvent::now(
                 principal.who(),
                 Action::Read {
                     via: "sync".into(),

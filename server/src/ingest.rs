@@ -38,6 +38,8 @@ struct Job {
     batches: Vec<(ReportId, Vec<Change>)>,
     principal: Principal,
     via: Via,
+    /// Audit events to commit with the group (reads: a download is recorded before it is sent).
+    audit: Vec<AuditEvent>,
     reply: Reply,
 }
 
@@ -93,10 +95,30 @@ impl Ingestor {
                 batches,
                 principal: principal.clone(),
                 via,
+                audit: Vec::new(),
                 reply,
             })
             .map_err(|_| EngineError::Poisoned)?;
         answer.recv().map_err(|_| EngineError::Poisoned)?
+    }
+
+    /// Durably append audit events, sharing the next group commit (and its fsync) with whatever
+    /// else is being committed; blocks until it returned.
+    pub fn audit(&self, events: Vec<AuditEvent>) -> Result<(), EngineError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.jobs
+            .send(Job {
+                batches: Vec::new(),
+                principal: Principal::server(),
+                via: Via::Server,
+                audit: events,
+                reply,
+            })
+            .map_err(|_| EngineError::Poisoned)?;
+        answer
+            .recv()
+            .map_err(|_| EngineError::Poisoned)?
+            .map(|_| ())
     }
 }
 
@@ -151,7 +173,8 @@ fn commit_group(shared: &Shared, group: Vec<Job>) {
     let mut order: Vec<ReportId> = Vec::new();
     let mut answers: Vec<(Reply, Result<Judged, EngineError>)> = Vec::new();
     let mut audit: Vec<AuditEvent> = Vec::new();
-    for job in group {
+    for mut job in group {
+        audit.append(&mut job.audit);
         // Load everything the job touches first: a damaged report fails this job only.
         let loaded = job.batches.iter().try_for_each(|(id, _)| {
             if !staged.contains_key(id) {
@@ -182,7 +205,6 @@ fn commit_group(shared: &Shared, group: Vec<Job>) {
             let waiting: HashSet<ChangeHash> = s.working.held.iter().map(Change::hash).collect();
             let mut all = std::mem::take(&mut s.working.held);
             all.extend(changes.into_iter().filter(|c| !waiting.contains(&c.hash())));
-            let before = s.working.doc.get_heads();
             let admission = rules::admit(&mut s.working.doc, id, all, &job.principal.access);
             s.working.held = admission.held;
             let refused: Vec<String> = admission
@@ -194,7 +216,6 @@ fn commit_group(shared: &Shared, group: Vec<Job>) {
                 })
                 .collect();
             if !admission.applied.is_empty() || !refused.is_empty() {
-                let after = s.working.doc.get_heads();
                 audit.push(AuditEvent::now(
                     job.principal.who(),
                     Action::Write {
@@ -204,7 +225,7 @@ fn commit_group(shared: &Shared, group: Vec<Job>) {
                             .iter()
                             .map(|c| c.hash().to_string())
                             .collect(),
-                        fields: crate::view::fields_between(&s.working.doc, &before, &after),
+                        fields: sync_core::view::fields_written(&s.working.doc, &admission.applied),
                         refused,
                         via: job.via.as_str().into(),
                     },

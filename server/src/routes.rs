@@ -138,15 +138,13 @@ fn require_reader(caller: &Principal) -> Result<(), ApiError> {
 
 /// Record a read in the audit trail before anything is answered.
 async fn audit(
-    store: &std::sync::Arc<dyn Store>,
+    engine: &std::sync::Arc<Engine>,
     caller: &Principal,
     action: Action,
 ) -> Result<(), ApiError> {
-    let store = store.clone();
+    let engine = engine.clone();
     let event = AuditEvent::now(caller.who(), action);
-    web::block(move || store.append_audit(&[event]))
-        .await?
-        .map_err(|e| ApiError::Internal(e.to_string()))
+    Ok(web::block(move || engine.audit(vec![event])).await??)
 }
 
 /// A row's document as the caller may see it, and what was withheld (analysts).
@@ -254,7 +252,7 @@ async fn list_reports(
         .then(|| rows.last().map(|r| format!("{}.{}", r.last_seq, r.id)))
         .flatten();
     audit(
-        engine.store(),
+        &engine.clone().into_inner(),
         &caller,
         Action::Read {
             via: "GET /api/v1/reports".into(),
@@ -301,7 +299,7 @@ async fn export(
         body.push('\n');
     }
     audit(
-        engine.store(),
+        &engine.clone().into_inner(),
         &caller,
         Action::Export {
             query: p.describe(),
@@ -341,7 +339,7 @@ async fn get_report(
     require_reader(&caller)?;
     let id = parse_id(&path)?;
     let engine = engine.into_inner();
-    let (store, who) = (engine.store().clone(), caller.clone());
+    let (audit_engine, who) = (engine.clone(), caller.clone());
     let body = web::block(move || -> Result<String, ApiError> {
         let not_found = || ApiError::NotFound(format!("no report {id}"));
         let row = engine
@@ -363,7 +361,7 @@ async fn get_report(
     })
     .await??;
     audit(
-        &store,
+        &audit_engine,
         &caller,
         Action::Read {
             via: "GET /api/v1/reports/{id}".into(),
@@ -526,7 +524,7 @@ async fn audit_log(
         })
         .collect::<Vec<_>>();
     audit(
-        engine.store(),
+        &engine.clone().into_inner(),
         &caller,
         Action::AuditRead { count: items.len() },
     )

@@ -157,17 +157,8 @@ fn fields_touched(
     deps: &[sync_core::automerge::ChangeHash],
     hash: sync_core::automerge::ChangeHash,
 ) -> Vec<String> {
-    fields_between(doc, deps, &[hash])
-}
-
-/// Dotted paths (field, and list item) of what changed between two sets of heads of `doc`.
-pub fn fields_between(
-    doc: &Automerge,
-    before: &[sync_core::automerge::ChangeHash],
-    after: &[sync_core::automerge::ChangeHash],
-) -> Vec<String> {
     let mut fields = BTreeSet::new();
-    for patch in doc.diff(before, after) {
+    for patch in doc.diff(deps, &[hash]) {
         let mut path: Vec<String> = patch.path.iter().map(|(_, p)| prop_text(p)).collect();
         match &patch.action {
             PatchAction::PutMap { key, .. } | PatchAction::DeleteMap { key } => {

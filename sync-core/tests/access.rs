@@ -82,3 +82,46 @@ fn a_volunteer_writes_only_reports_of_their_villages() {
     );
     assert_eq!(a.verdicts[&edit.hash()], Verdict::Accepted);
 }
+
+#[test]
+fn fields_written_names_each_field_and_item_a_batch_touches() {
+    let device = DeviceId::from_bytes([3; 16]);
+    let (mut report, genesis) =
+        sample_incident(ReportId::from_random([2; 16]), device, "t").expect("sample");
+    let edit = report
+        .edit(
+            &[
+                Edit::Set {
+                    path: FieldPath::root("title"),
+                    value: "changed".into(),
+                },
+                Edit::Set {
+                    path: "location.lat".parse().expect("path"),
+                    value: (-3.2).into(),
+                },
+                Edit::Set {
+                    path: "location.lon".parse().expect("path"),
+                    value: 116.1.into(),
+                },
+                Edit::Append {
+                    list: FieldPath::root("people"),
+                    item: serde_json::json!({"role": "witness", "name": "Budi"}),
+                },
+            ],
+            &volunteer(device),
+        )
+        .expect("valid edit")
+        .expect("a change");
+    let mut doc = Automerge::new();
+    doc.apply_changes([genesis, edit.clone()]).expect("apply");
+    assert_eq!(
+        sync_core::view::fields_written(&doc, &[edit]),
+        [
+            "location.lat",
+            "location.lon",
+            "people",
+            "people.0",
+            "title"
+        ]
+    );
+}

@@ -579,7 +579,7 @@ impl Connection {
         if open.audited {
             return true;
         }
-        let store = self.engine.store().clone();
+        let engine = self.engine.clone();
         let event = AuditEvent::now(
             self.principal.who(),
             Action::Read {
@@ -588,7 +588,7 @@ impl Connection {
                 redacted: false,
             },
         );
-        let written = match web::block(move || store.append_audit(&[event])).await {
+        let written = match web::block(move || engine.audit(vec![event])).await {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "auditing a WebSocket read");
