@@ -1,13 +1,15 @@
 //! The command line, as clap parses it. Values are parsed into domain types here ([`ReportId`],
 //! [`ReportKind`], [`Assignment`], [`FieldPath`]), so commands never see raw strings.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use sync_core::{FieldPath, ReportId, ReportKind};
+use sync_core::{DeviceToken, FieldPath, ReportId, ReportKind};
 
 use crate::args::Assignment;
 use crate::error::CliError;
+use crate::secrets::{self, SecretError, Secrets};
 
 /// desa: the field volunteer's tool. Works offline; `desa sync` exchanges with the server when
 /// there is a connection.
@@ -28,6 +30,9 @@ pub enum Command {
     /// Create this device's encrypted store. The device token comes from --token-file, else
     /// DESA_TOKEN, else a prompt; the store passphrase from DESA_PASSPHRASE, else a prompt (twice).
     Init(InitArgs),
+    /// The device token the office issued: `desa token set` installs a new one.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Create a report (incident, outreach, foreigner_report); prints its id on the last line.
     New(NewArgs),
     /// Change a report: all the given edits become one change, applied in this order: --set,
@@ -43,8 +48,7 @@ pub enum Command {
     Status(JsonFlag),
 }
 
-/// `desa init`. The token is deliberately not an option value: the shell history and `ps` would
-/// keep it.
+/// `desa init`. The token is deliberately not an option value ([`TokenSource`]).
 #[derive(Debug, Clone, Args)]
 pub struct InitArgs {
     /// The server's base URL, e.g. https://desa.example.org or http://192.168.1.10:8080.
@@ -56,15 +60,34 @@ pub struct InitArgs {
     /// Your name for this device: the author of its notes (at most 64 characters).
     #[arg(long)]
     pub name: String,
+    /// Where the device token comes from.
+    #[command(flatten)]
+    pub token: TokenSource,
+    /// The office's own CA certificate (PEM), for an https:// server whose certificate no public
+    /// CA signed. Only this CA is then trusted for the server.
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Where the device token comes from, the same for `init` and `token set`: `--token-file`, else
+/// `DESA_TOKEN`, else a prompt that does not echo ([`crate::secrets::token`]). Deliberately never
+/// an option value: the shell history and `ps` would keep it.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TokenSource {
     /// A file holding the device token that `desa-server device add` showed (otherwise
     /// DESA_TOKEN, otherwise you are asked). Delete the file afterwards: the token is kept in the
     /// encrypted store.
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
-    /// The office's own CA certificate (PEM), for an https:// server whose certificate no public
-    /// CA signed. Only this CA is then trusted for the server.
-    #[arg(long, value_name = "PEM")]
-    pub ca_file: Option<PathBuf>,
+}
+
+/// `desa token …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum TokenCommand {
+    /// Install a new device token from the office in this store: for a store an older desa made
+    /// (it has none), or when the office revoked this device's token and issued a new one. Every
+    /// report and waiting change is kept and sent with the new token at the next sync.
+    Set(TokenSource),
 }
 
 /// Field edits shared by `new` and `edit`.
@@ -146,6 +169,27 @@ impl Cli {
     }
 }
 
+impl TokenSource {
+    /// The token, from the file, else `DESA_TOKEN`, else the terminal. A malformed token is an
+    /// error that names where it came from and never repeats it.
+    pub fn read(&self, sources: &mut dyn Secrets) -> Result<DeviceToken, SecretError> {
+        secrets::token(self.token_file.as_deref(), sources)
+    }
+
+    /// Once the token is in the encrypted store: ask the volunteer to delete the file it came
+    /// from, which holds it in clear.
+    pub fn remind_to_delete(&self, err: &mut dyn Write) -> std::io::Result<()> {
+        match &self.token_file {
+            Some(file) => writeln!(
+                err,
+                "the device token is now kept in the encrypted store: delete {}",
+                file.display()
+            ),
+            None => Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -197,6 +241,18 @@ mod tests {
         assert_eq!(new.fields.set[1].value, json!(-3.25));
         assert_eq!(new.fields.add[0].value, json!({"role": "witness"}));
         assert_eq!(new.narrative.as_deref(), Some("Seen at dawn."));
+    }
+
+    #[test]
+    fn token_set_takes_a_file_never_the_token_itself() {
+        let cli = parse(&["token", "set", "--token-file", "ani.token"]).unwrap();
+        let Command::Token(TokenCommand::Set(source)) = cli.command else {
+            panic!("not token set")
+        };
+        assert_eq!(source.token_file, Some(PathBuf::from("ani.token")));
+        assert!(parse(&["token", "set", "desa_abc"]).is_err());
+        assert!(parse(&["token", "set", "--token", "desa_abc"]).is_err());
+        assert!(parse(&["token"]).is_err());
     }
 
     #[test]

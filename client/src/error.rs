@@ -101,7 +101,8 @@ pub enum CliError {
     /// 401: the server does not accept the device's token.
     #[error(
         "the server did not accept this device's token ({detail}); it may have been revoked: \
-         contact the office. {}", kept(.waiting)
+         contact the office for a new one and install it with `desa token set`. {}",
+        kept(.waiting)
     )]
     Unauthorized {
         /// The server's explanation.
@@ -123,7 +124,7 @@ pub enum CliError {
     /// A store made before device tokens: it cannot sync until it has one.
     #[error(
         "this device has no token (its store was made by an older desa): ask the office for a \
-         device token. {}", kept(.waiting)
+         device token and install it with `desa token set`. {}", kept(.waiting)
     )]
     NoToken {
         /// Changes in the outbox.

@@ -22,10 +22,12 @@
 //! ## Access and protection at rest
 //!
 //! `desa init` takes the device token the office issued ([`secrets`]: a file, `DESA_TOKEN` or a
-//! prompt, never a command-line value); the token's device is this device's id and automerge
-//! actor, and every request shows the token ([`transport`]). The store is a SQLCipher database
-//! keyed from the volunteer's passphrase with argon2id ([`store::crypt`]), so a lost phone does
-//! not give away the names in its reports.
+//! prompt, never a command-line value); the token's device becomes the store's own id and
+//! automerge actor, and every request shows the token ([`transport`]). `desa token set`
+//! ([`commands::token`]) installs a new token, read the same way, keeping everything the store
+//! holds; the store then keeps its actor and syncs as the new token's device. The store is a
+//! SQLCipher database keyed from the volunteer's passphrase with argon2id ([`store::crypt`]), so a
+//! lost phone does not give away the names in its reports.
 //!
 //! ## On 2G
 //!

@@ -1,5 +1,5 @@
-//! The two secrets a volunteer gives `desa`: the device token (once, at `desa init`) and the store
-//! passphrase (every command).
+//! The two secrets a volunteer gives `desa`: the device token (at `desa init`, and again with
+//! `desa token set` when the office issues a new one) and the store passphrase (every command).
 //!
 //! Neither is ever taken from a command-line value, which the shell keeps in its history and `ps`
 //! shows to every user of the phone. The token comes from `--token-file PATH`, else
@@ -36,7 +36,8 @@ use std::path::Path;
 use sync_core::DeviceToken;
 use zeroize::Zeroizing;
 
-/// The environment variable holding the device token (read by `desa init` only).
+/// The environment variable holding the device token (read by `desa init` and `desa token set`
+/// only).
 pub const TOKEN_ENV: &str = "DESA_TOKEN";
 
 /// The environment variable holding the store passphrase.
@@ -62,7 +63,7 @@ pub enum SecretError {
         source: io::Error,
     },
     /// The token does not parse (its text is not repeated).
-    #[error("the device token from {from} is not a desa device token (expected desa_ followed by about 66 letters and digits, as `desa-server device add` showed it); nothing was created")]
+    #[error("the device token from {from} is not a desa device token (expected desa_ followed by about 66 letters and digits, as `desa-server device add` showed it); nothing was stored")]
     BadToken {
         /// Where it came from (a file, the environment, the terminal).
         from: String,
@@ -163,7 +164,8 @@ fn ask(
         })
 }
 
-/// The device token for `desa init`: from `file` if given, else [`TOKEN_ENV`], else the terminal.
+/// The device token for `desa init` and `desa token set`: from `file` if given, else
+/// [`TOKEN_ENV`], else the terminal.
 pub fn token(file: Option<&Path>, secrets: &mut dyn Secrets) -> Result<DeviceToken, SecretError> {
     let (text, from) = match file {
         Some(path) => (read_token_file(path)?, path.display().to_string()),

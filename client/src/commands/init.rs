@@ -119,7 +119,7 @@ pub fn run(
         return Err(StoreError::Exists(path.to_owned()).into());
     }
     let secrets = InitSecrets {
-        token: secrets::token(args.token_file.as_deref(), sources)?,
+        token: args.token.read(sources)?,
         passphrase: secrets::new_passphrase(sources)?,
     };
     let (store, device) = create(path, args, &secrets, now)?;
@@ -144,13 +144,7 @@ pub fn run(
             device.server
         )?;
     }
-    if let Some(file) = &args.token_file {
-        writeln!(
-            io.err,
-            "the device token is now kept in the encrypted store: delete {}",
-            file.display()
-        )?;
-    }
+    args.token.remind_to_delete(io.err)?;
     Ok(())
 }
 

@@ -7,16 +7,17 @@ pub mod report;
 pub mod show;
 pub mod status;
 pub mod sync;
+pub mod token;
 
 use std::io::Write;
 use std::path::Path;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, TokenCommand};
 use crate::clock::Now;
 use crate::error::CliError;
 use crate::secrets::{self, Secrets};
 use crate::store::crypt::{self, Format};
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 use crate::transport::HttpTransport;
 
 /// Where a command prints: results on `out`, progress and diagnostics on `err`.
@@ -27,8 +28,8 @@ pub struct Io<'a> {
     pub err: &'a mut dyn Write,
 }
 
-/// Run one parsed command line. Secrets (the token at `init`, the store passphrase) come from
-/// `sources`.
+/// Run one parsed command line. Secrets (the token at `init` and `token set`, the store
+/// passphrase) come from `sources`.
 pub fn run(
     cli: Cli,
     now: &Now,
@@ -36,19 +37,17 @@ pub fn run(
     io: &mut Io<'_>,
 ) -> Result<(), CliError> {
     let path = cli.store_path()?;
-    let command = match cli.command {
-        Command::Init(args) => return init::run(&path, &args, now, sources, io),
-        other => other,
-    };
-    let mut store = open(&path, sources, io)?;
-    match command {
-        Command::Init(_) => Err(StoreError::Exists(path).into()),
-        Command::New(args) => report::run_new(&mut store, &args, now, io.out),
-        Command::Edit(args) => report::run_edit(&mut store, &args, now, io.out),
-        Command::Show(args) => show::run(&store, args.id, args.json, io.out),
-        Command::List(flag) => list::run(&store, flag.json, io.out),
-        Command::Status(flag) => status::run(&store, flag.json, io.out),
+    match cli.command {
+        Command::Init(args) => init::run(&path, &args, now, sources, io),
+        // Reads the token before it opens the store, so that a malformed one changes nothing.
+        Command::Token(TokenCommand::Set(source)) => token::run_set(&path, &source, sources, io),
+        Command::New(args) => report::run_new(&mut open(&path, sources, io)?, &args, now, io.out),
+        Command::Edit(args) => report::run_edit(&mut open(&path, sources, io)?, &args, now, io.out),
+        Command::Show(args) => show::run(&open(&path, sources, io)?, args.id, args.json, io.out),
+        Command::List(flag) => list::run(&open(&path, sources, io)?, flag.json, io.out),
+        Command::Status(flag) => status::run(&open(&path, sources, io)?, flag.json, io.out),
         Command::Sync => {
+            let mut store = open(&path, sources, io)?;
             let waiting: usize = store.waiting()?.iter().map(|(_, n)| n).sum();
             let token = store.token()?.ok_or(CliError::NoToken { waiting })?;
             let device = store.device()?;

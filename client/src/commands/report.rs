@@ -92,7 +92,9 @@ pub fn create(store: &mut Store, args: &NewArgs, now: &Now) -> Result<Created, C
         kind: args.kind,
         village: device.village,
         created_at: now.rfc3339.clone(),
-        created_by: device.id.to_string(),
+        // The device the server knows (the token's), so the office can look it up; the
+        // change's actor is still the store's own id.
+        created_by: store.sync_device()?.to_string(),
     };
     let tx = store.begin(now)?;
     let writer = tx.writer(id)?;

@@ -30,8 +30,12 @@ pub struct StatusView {
 /// The device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DeviceView {
-    /// Device id.
+    /// The device id the server knows this store as: its token's device
+    /// ([`Store::sync_device`]), the one the office looks up.
     pub id: String,
+    /// The id this store's edits are written under (their automerge actor), given at `init`. The
+    /// same as `id` unless `desa token set` installed a token for another device.
+    pub actor: String,
     /// Device name.
     pub name: String,
     /// Village code.
@@ -85,7 +89,8 @@ pub fn gather(store: &Store) -> Result<StatusView, CliError> {
     let waiting = store.waiting()?;
     Ok(StatusView {
         device: DeviceView {
-            id: device.id.to_string(),
+            id: store.sync_device()?.to_string(),
+            actor: device.id.to_string(),
             name: device.name,
             village: device.village.to_string(),
             village_name: device.village.village().name.clone(),
@@ -138,12 +143,19 @@ pub fn run(store: &Store, json: bool, out: &mut dyn Write) -> Result<(), CliErro
     let d = &status.device;
     writeln!(out, "device:    {}", d.name)?;
     writeln!(out, "device id: {}", d.id)?;
+    if d.actor != d.id {
+        writeln!(
+            out,
+            "edits as:  {} (this store's own id, kept when its token was replaced)",
+            d.actor
+        )?;
+    }
     writeln!(out, "village:   {}", village_label(&d.village))?;
     writeln!(out, "server:    {}", d.server)?;
     let token = if d.has_token {
         "kept in the store (never shown)"
     } else {
-        "none: ask the office for a device token"
+        "none: ask the office for a device token, then run desa token set"
     };
     writeln!(out, "token:     {token}")?;
     writeln!(out, "store:     {} (encrypted)", store.path().display())?;

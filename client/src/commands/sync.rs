@@ -56,6 +56,7 @@ pub fn sync(
 ) -> Result<SyncSummary, CliError> {
     let mut summary = SyncSummary::default();
     let mut resent_reapplied = false;
+    let device = store.sync_device()?;
     loop {
         let state = store.sync_state()?;
         let waiting = store.outbox()?;
@@ -66,7 +67,12 @@ pub fn sync(
                 .iter()
                 .map(|(_, changes)| changes.len())
                 .sum::<usize>();
-        let body = state.request(&outbox).encode();
+        let mut request = state.request(&outbox);
+        // The request names the device whose token authenticates it. The stored positions were
+        // started under the store's own id, which differs once `desa token set` installed a token
+        // for another device; the server attributes the sync to the token's device either way.
+        request.device = device;
+        let body = request.encode();
         let in_outbox: usize = waiting.iter().map(|(_, changes)| changes.len()).sum();
         let answer = transport
             .post_sync(body)

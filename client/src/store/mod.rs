@@ -81,7 +81,9 @@ pub enum StoreError {
 /// Who this device is, and where it syncs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceInfo {
-    /// The device id (its automerge actors start with these bytes).
+    /// The store's own device id, taken at `init` from the token given then: its automerge actors
+    /// start with these bytes, and it never changes. A token installed later (`desa token set`)
+    /// may name another device: the server knows the store by [`Store::sync_device`].
     pub id: DeviceId,
     /// The volunteer's name for this device (author of its notes).
     pub name: String,
@@ -262,20 +264,45 @@ impl Store {
     }
 
     /// The device token, if the store has one (stores made before tokens have none).
+    ///
+    /// Its device is the store's own id when `init` stored it, and usually another one once
+    /// `desa token set` replaced it (the office issues a new device with every token).
     pub fn token(&self) -> Result<Option<DeviceToken>, StoreError> {
-        let Some(text) = rows::meta_text(&self.conn, "token")?.map(zeroize::Zeroizing::new) else {
-            return Ok(None);
-        };
-        // The stored text is not repeated in the error.
-        let token: DeviceToken = text
-            .parse()
-            .map_err(|_| StoreError::Corrupt("the stored device token does not parse".into()))?;
-        if token.device() != self.device()?.id {
-            return Err(StoreError::Corrupt(
-                "the stored device token belongs to another device".into(),
-            ));
+        stored_token(&self.conn)
+    }
+
+    /// The device the server knows this store as: the token's device, or the store's own id in a
+    /// store without a token. `desa status` shows it, and every sync request names it, because the
+    /// server attributes a sync to the device whose token authenticated it (its audit trail, and
+    /// `desa-server device list`, name that device). The store's own id ([`DeviceInfo::id`])
+    /// stays the actor of its edits.
+    pub fn sync_device(&self) -> Result<DeviceId, StoreError> {
+        match self.token()? {
+            Some(token) => Ok(token.device()),
+            None => Ok(self.device()?.id),
         }
-        Ok(Some(token))
+    }
+
+    /// Install `token` as the device token, replacing the one stored, if any; returns that one
+    /// (`None` when there was none, or it was damaged past reading).
+    ///
+    /// Only the token's row changes, in one transaction: every report, waiting change, refusal,
+    /// actor generation and sync position stays, and so does the store's own device id, so that
+    /// the edits waiting in the outbox are sent as they are with the new token. A crash leaves the
+    /// old token or the new one.
+    pub fn set_token(&mut self, token: &DeviceToken) -> Result<Option<DeviceToken>, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // A damaged old token must not stand in the way of the new one.
+        let previous = stored_token(&tx).ok().flatten();
+        rows::put_meta(
+            &tx,
+            "token",
+            zeroize::Zeroizing::new(token.reveal()).as_bytes(),
+        )?;
+        tx.commit()?;
+        Ok(previous)
     }
 
     /// The office CA certificate(s) the server's certificate is checked against, if given at
@@ -389,6 +416,16 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+fn stored_token(conn: &Connection) -> Result<Option<DeviceToken>, StoreError> {
+    let Some(text) = rows::meta_text(conn, "token")?.map(zeroize::Zeroizing::new) else {
+        return Ok(None);
+    };
+    // The stored text is not repeated in the error.
+    text.parse()
+        .map(Some)
+        .map_err(|_| StoreError::Corrupt("the stored device token does not parse".into()))
 }
 
 fn device_info(conn: &Connection) -> Result<DeviceInfo, StoreError> {

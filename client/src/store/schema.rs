@@ -13,8 +13,9 @@ use super::StoreError;
 /// * `meta` — one row per device setting: `device_id`, `device_name`, `village`, `server_url`,
 ///   `created_at` (text), `sync_state` (the `DeviceSync` positions, postcard bytes), `last_sync`
 ///   (RFC 3339 of the last sync round that was committed), `token` (the device token's text;
-///   absent in stores made before tokens) and `server_ca_pem` (the office CA given at `init`, if
-///   any). The whole file is encrypted ([`super::crypt`]), so the token is never on disk in clear.
+///   absent in stores made before tokens until `desa token set`, and then possibly for another
+///   device than `device_id`, which stays the actor of the store's edits) and `server_ca_pem`
+///   (the office CA given at `init`, if any). The whole file is encrypted ([`super::crypt`]), so the token is never on disk in clear.
 /// * `reports` — the device's copy of each report: `doc` is automerge `save()` output. `kind`,
 ///   `title`, `status`, `created_at` are a cache of the document for `desa list`, rewritten every
 ///   time `doc` is, never read back into the document.

@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
 use desa_client::args::Assignment;
-use desa_client::cli::{EditArgs, FieldEdits, InitArgs, NewArgs};
+use desa_client::cli::{EditArgs, FieldEdits, InitArgs, NewArgs, TokenSource};
 use desa_client::commands::init::{self, InitSecrets};
 use desa_client::commands::{report, show, sync};
 use desa_client::secrets::Passphrase;
@@ -152,7 +152,7 @@ impl Device {
             server: "http://127.0.0.1:1".into(),
             village: VILLAGE.into(),
             name: name.into(),
-            token_file: None,
+            token: TokenSource::default(),
             ca_file: None,
         };
         let token = new_token();

@@ -8,8 +8,9 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use sync_core::protocol::SyncRequest;
 use sync_core::sim::MemoryServer;
-use sync_core::DeviceToken;
+use sync_core::{DeviceId, DeviceToken};
 
 /// One request as the stand-in saw it.
 #[derive(Debug, Clone)]
@@ -142,14 +143,17 @@ pub struct StandIn {
     tokens: Arc<Mutex<HashSet<String>>>,
     /// Every `Authorization` header received, to check what was sent.
     pub seen: Arc<Mutex<Vec<Option<String>>>>,
+    /// The `device` field of every accepted sync request, in order.
+    pub devices: Arc<Mutex<Vec<DeviceId>>>,
 }
 
 impl StandIn {
     pub fn start(tls: Option<Arc<rustls::ServerConfig>>) -> StandIn {
         let tokens = Arc::new(Mutex::new(HashSet::<String>::new()));
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let devices = Arc::new(Mutex::new(Vec::new()));
         let server = Mutex::new(MemoryServer::new());
-        let (known, log) = (tokens.clone(), seen.clone());
+        let (known, log, named) = (tokens.clone(), seen.clone(), devices.clone());
         let url = serve(
             Arc::new(move |request: &Request| {
                 log.lock().unwrap().push(request.authorization.clone());
@@ -159,6 +163,9 @@ impl StandIn {
                     .and_then(|h| h.strip_prefix("Bearer "));
                 if !token.is_some_and(|t| known.lock().unwrap().contains(t)) {
                     return Reply::error(401, "unauthorized", "missing, unknown or revoked token");
+                }
+                if let Ok(sync) = SyncRequest::decode(&request.body) {
+                    named.lock().unwrap().push(sync.device);
                 }
                 match server.lock().unwrap().handle(&request.body) {
                     Ok(reply) => Reply {
@@ -172,12 +179,25 @@ impl StandIn {
             }),
             tls,
         );
-        StandIn { url, tokens, seen }
+        StandIn {
+            url,
+            tokens,
+            seen,
+            devices,
+        }
     }
 
     /// What `desa-server device add` does: the server now knows this token.
     pub fn register(&self, token: &DeviceToken) {
         self.tokens.lock().unwrap().insert(token.reveal());
+    }
+
+    /// What `desa-server device revoke` does: from now on the token is answered 401.
+    pub fn revoke(&self, token: &DeviceToken) {
+        assert!(
+            self.tokens.lock().unwrap().remove(&token.reveal()),
+            "revoking a token that was never registered"
+        );
     }
 }
 
