@@ -198,9 +198,10 @@ pub struct Head {
 }
 
 impl Head {
-    /// The anchor file's text: `seq hexmac`.
+    /// The anchor file's text: `seq hexmac`, always 86 bytes (the seq zero-padded), so that a
+    /// newer head overwrites an older one in place.
     pub fn to_text(&self) -> String {
-        format!("{} {}\n", self.seq, hex(&self.mac))
+        format!("{:020} {}\n", self.seq, hex(&self.mac))
     }
 
     /// Parse an anchor file's text.
@@ -212,11 +213,22 @@ impl Head {
         })
     }
 
-    /// Write the anchor atomically (temporary file, then rename).
-    pub fn store(&self, path: &Path) -> std::io::Result<()> {
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, self.to_text())?;
-        std::fs::rename(&tmp, path)
+    /// Write the anchor into `file` at offset 0. The text has a fixed length far below a disk
+    /// sector, so each write replaces the previous head whole; one write per commit (no new file,
+    /// no rename) keeps the anchor cheap enough to follow every commit.
+    pub fn store(&self, file: &std::fs::File) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        file.write_all_at(self.to_text().as_bytes(), 0)
+    }
+
+    /// Open (creating) an anchor file for [`Head::store`].
+    pub fn open_file(path: &Path) -> std::io::Result<std::fs::File> {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
     }
 
     /// Read the anchor, if there is one.

@@ -168,13 +168,12 @@ fn walk<R: ReadDoc>(
 
 /// The fields (and list items) that `changes` write in `doc` (which contains them), as dotted paths
 /// cut after the item (`title`, `people`, `people.0`, `location.lat`), sorted. For the audit trail:
-/// it reads the changes' operations instead of diffing document states, so it costs little more
-/// than decoding them.
-pub fn fields_written<R: ReadDoc>(doc: &R, changes: &[automerge::Change]) -> Vec<String> {
+/// it reads the changes' operations and looks up where each touched object sits, instead of
+/// diffing document states.
+pub fn fields_written(doc: &automerge::Automerge, changes: &[automerge::Change]) -> Vec<String> {
     use automerge::legacy::{Key, ObjectId};
-    // Where every object of the document sits (reports are shallow: field, item, item's field).
-    let mut places = std::collections::HashMap::new();
-    index_objects(doc, &ROOT, Vec::new(), &mut places);
+    let mut places: std::collections::HashMap<String, Option<Vec<String>>> =
+        std::collections::HashMap::new();
     let mut fields = std::collections::BTreeSet::new();
     for change in changes {
         // Admitted changes have been expanded before; guard anyway (see rules::check_change).
@@ -186,11 +185,18 @@ pub fn fields_written<R: ReadDoc>(doc: &R, changes: &[automerge::Change]) -> Vec
         for op in &expanded.operations {
             let mut path: Vec<String> = match &op.obj {
                 ObjectId::Root => Vec::new(),
-                ObjectId::Id(id) => match places.get(&id.to_string()) {
-                    Some(path) => path.clone(),
-                    // An object made and replaced within the batch: nothing of it is left.
-                    None => continue,
-                },
+                ObjectId::Id(id) => {
+                    let id = id.to_string();
+                    let place = places
+                        .entry(id)
+                        .or_insert_with_key(|id| place_of(doc, id))
+                        .clone();
+                    match place {
+                        Some(path) => path,
+                        // An object made and replaced within the batch: nothing of it is left.
+                        None => continue,
+                    }
+                }
             };
             if let Key::Map(key) = &op.key {
                 path.push(key.to_string());
@@ -204,41 +210,21 @@ pub fn fields_written<R: ReadDoc>(doc: &R, changes: &[automerge::Change]) -> Vec
     fields.into_iter().collect()
 }
 
-fn index_objects<R: ReadDoc>(
-    doc: &R,
-    obj: &ObjId,
-    path: Vec<String>,
-    places: &mut std::collections::HashMap<String, Vec<String>>,
-) {
-    if path.len() >= 3 {
-        return;
-    }
-    let children: Vec<(Prop, ObjId)> = match doc.object_type(obj) {
-        Ok(ObjType::Map) | Ok(ObjType::Table) => doc
-            .map_range(obj, ..)
-            .filter_map(|item| match item.value {
-                automerge::ValueRef::Object(_) => {
-                    Some((Prop::Map(item.key.to_string()), item.id()))
-                }
-                _ => None,
+/// Where the object printed as `id` (`counter@actor`) sits: its path from the root, cut after two
+/// steps (field, item).
+fn place_of(doc: &automerge::Automerge, id: &str) -> Option<Vec<String>> {
+    // `import_obj` parses the id automerge itself printed (valid hex); guarded all the same.
+    let obj = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| doc.import_obj(id)))
+        .ok()?
+        .ok()?;
+    let path = doc.parents(&obj).ok()?.path();
+    Some(
+        path.into_iter()
+            .take(2)
+            .map(|(_, prop)| match prop {
+                Prop::Map(k) => k,
+                Prop::Seq(i) => i.to_string(),
             })
             .collect(),
-        Ok(ObjType::List) => doc
-            .list_range(obj, ..)
-            .filter_map(|item| match item.value {
-                automerge::ValueRef::Object(_) => Some((Prop::Seq(item.index), item.id())),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
-    for (prop, child) in children {
-        let mut child_path = path.clone();
-        child_path.push(match prop {
-            Prop::Map(k) => k,
-            Prop::Seq(i) => i.to_string(),
-        });
-        places.insert(child.to_string(), child_path.clone());
-        index_objects(doc, &child, child_path, places);
-    }
+    )
 }

@@ -69,7 +69,13 @@ BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
 /// Where audit entries are sealed and their head anchored.
 struct AuditSink {
     key: AuditKey,
-    anchor: Option<std::path::PathBuf>,
+    anchor: Option<Anchor>,
+}
+
+/// The anchor file, kept open.
+struct Anchor {
+    path: std::path::PathBuf,
+    file: Mutex<Option<std::fs::File>>,
 }
 
 /// Append `events` to the audit trail inside `tx`, reading the chain's tail in the same
@@ -105,14 +111,22 @@ fn append_audit_tx(
         tx.prepare_cached("INSERT INTO audit (seq, record, mac) VALUES (?1, ?2, ?3)")?
             .execute(params![e.seq as i64, e.record, &e.mac[..]])?;
     }
-    if let (Some(path), Some(last)) = (&sink.anchor, entries.last()) {
+    if let (Some(anchor), Some(last)) = (&sink.anchor, entries.last()) {
         // Written while the write lock is held, so anchors from two processes cannot cross.
-        Head {
-            seq: last.seq,
-            mac: last.mac,
+        let failed =
+            |e: std::io::Error| StoreError::Audit(format!("anchor {}: {e}", anchor.path.display()));
+        let mut file = anchor.file.lock().map_err(poisoned)?;
+        if file.is_none() {
+            *file = Some(Head::open_file(&anchor.path).map_err(failed)?);
         }
-        .store(path)
-        .map_err(|e| StoreError::Audit(format!("anchor {}: {e}", path.display())))?;
+        if let Some(file) = file.as_ref() {
+            Head {
+                seq: last.seq,
+                mac: last.mac,
+            }
+            .store(file)
+            .map_err(failed)?;
+        }
     }
     Ok(())
 }
@@ -239,7 +253,13 @@ impl SqliteStore {
     /// Seal audit entries with `key`, and record the chain's head in `anchor` (a file outside the
     /// data directory) after each append. Without this, writing an audit event is an error.
     pub fn with_audit(mut self, key: AuditKey, anchor: Option<std::path::PathBuf>) -> Self {
-        self.audit = Some(AuditSink { key, anchor });
+        self.audit = Some(AuditSink {
+            key,
+            anchor: anchor.map(|path| Anchor {
+                path,
+                file: Mutex::new(None),
+            }),
+        });
         self
     }
 

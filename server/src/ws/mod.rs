@@ -108,6 +108,8 @@ struct Open {
     last_heads: Vec<ChangeHash>,
     /// Whether sending this document to the peer has been audited on this connection.
     audited: bool,
+    /// Whether the document exists in the peer's villages (checked once: a village is fixed).
+    in_scope: bool,
 }
 
 /// A sync that goes back and forth this many times without any change moving is stuck (e.g. the
@@ -347,6 +349,7 @@ impl Connection {
             stalled: 0,
             last_heads: Vec::new(),
             audited: false,
+            in_scope: false,
         })
     }
 
@@ -474,20 +477,26 @@ impl Connection {
         };
         let mut state = std::mem::take(&mut open.state);
         let doc_id = open.doc_id.clone();
+        let checked = open.in_scope;
         let refused = self.hub.refused_for(&self.peer_key(), report);
         let engine = self.engine.clone();
         let principal = self.principal.clone();
         let carried = incoming.as_ref().is_some_and(|(_, carried)| *carried);
         let outcome = web::block(
-            move || -> Result<(SyncState, Reply, Vec<ChangeHash>), EngineError> {
+            move || -> Result<(SyncState, Reply, Vec<ChangeHash>, bool), EngineError> {
+                let mut scope_checked = false;
+                // A report's village is fixed at creation: checked once per connection.
                 let in_scope = |w: &crate::engine::Working| {
-                    report_village(&w.doc).is_some_and(|v| principal.access.covers(v))
+                    checked || report_village(&w.doc).is_some_and(|v| principal.access.covers(v))
                 };
                 let mut doc = match engine.working(&report)?.filter(|w| w.exists) {
-                    Some(working) if in_scope(&working) => working.doc.clone(),
+                    Some(working) if in_scope(&working) => {
+                        scope_checked = true;
+                        working.doc.clone()
+                    }
                     // Created meanwhile in another village (the peer asked for an id that did not
                     // exist yet): still "unavailable" to this peer.
-                    Some(_) => return Ok((state, Reply::Unavailable, Vec::new())),
+                    Some(_) => return Ok((state, Reply::Unavailable, Vec::new(), false)),
                     // A peer offering a document the server lacks is answered as from an empty
                     // document, which asks for its changes; a peer that has nothing either learns
                     // the document is unavailable (a push about it has nothing to say).
@@ -495,8 +504,8 @@ impl Connection {
                         Some((m, _)) if !m.heads.is_empty() => {
                             sync_core::automerge::Automerge::new()
                         }
-                        Some(_) => return Ok((state, Reply::Unavailable, Vec::new())),
-                        None => return Ok((state, Reply::Nothing, Vec::new())),
+                        Some(_) => return Ok((state, Reply::Unavailable, Vec::new(), false)),
+                        None => return Ok((state, Reply::Nothing, Vec::new(), false)),
                     },
                 };
                 if let Some((m, carried)) = incoming {
@@ -515,11 +524,16 @@ impl Connection {
                     m.encode()
                 });
                 let heads = doc.get_heads();
-                Ok((state, reply.map_or(Reply::Nothing, Reply::Sync), heads))
+                Ok((
+                    state,
+                    reply.map_or(Reply::Nothing, Reply::Sync),
+                    heads,
+                    scope_checked,
+                ))
             },
         )
         .await;
-        let (state, reply, heads) = match outcome {
+        let (state, reply, heads, scope_checked) = match outcome {
             Ok(Ok(o)) => o,
             Ok(Err(e)) => return self.error(session, format!("{doc_id}: {e}")).await,
             Err(e) => return self.error(session, format!("{doc_id}: {e}")).await,
@@ -532,6 +546,7 @@ impl Connection {
                 _ => 0,
             };
             open.last_heads = heads;
+            open.in_scope |= scope_checked;
             if open.stalled > MAX_STALLED_ANSWERS {
                 tracing::warn!(connection = self.id, %report, "sync not converging; closing so the peer starts afresh");
                 self.error(
