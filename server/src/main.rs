@@ -14,15 +14,21 @@ use desa_server::config::{AuditCommand, Cli, Command, DeviceCommand, StoreArgs, 
 use desa_server::startup::{open_store, Application};
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The server reports what it does; the operator commands only warnings (their outcome goes to
+    // stdout). RUST_LOG overrides both.
+    let default_level = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
     match cli.command {
         Command::Serve(settings) => serve(&settings),
         Command::User(UserCommand::Add {
