@@ -5,10 +5,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::Output;
-use std::time::SystemTime;
 
 use common::phone::{stderr, Phone};
 use common::*;
@@ -143,21 +140,6 @@ fn a_bad_or_missing_token_or_passphrase_creates_nothing() {
         stderr(&out)
     );
     assert!(!phone.store().exists());
-}
-
-/// Every file in the directory: its bytes and when it was last modified.
-fn snapshot(dir: &Path) -> BTreeMap<String, (Vec<u8>, SystemTime)> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            let meta = e.metadata().unwrap();
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                (std::fs::read(e.path()).unwrap(), meta.modified().unwrap()),
-            )
-        })
-        .collect()
 }
 
 #[test]

@@ -5,10 +5,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::Output;
-use std::time::SystemTime;
 
 use common::phone::{stderr, Phone};
 use common::stand_in::StandIn;
@@ -259,21 +256,6 @@ fn a_revoked_token_is_replaced_and_the_waiting_edits_are_sent() {
         budi.json(&["show", &newest, "--json"])["document"]["created_by"],
         issued.device().to_string()
     );
-}
-
-/// Every file in the directory: its bytes and when it was last modified.
-fn snapshot(dir: &Path) -> BTreeMap<String, (Vec<u8>, SystemTime)> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            let meta = e.metadata().unwrap();
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                (std::fs::read(e.path()).unwrap(), meta.modified().unwrap()),
-            )
-        })
-        .collect()
 }
 
 /// `desa token set` with each bad source on the phone's store: exit 1, the message, and not a

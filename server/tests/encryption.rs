@@ -145,15 +145,20 @@ fn all_rows(store: &SqliteStore) -> Vec<(ReportId, u64, String)> {
         .collect()
 }
 
+/// A store as the engine needs it (with an audit key).
+fn audited(db: &std::path::Path, encryption: Encryption) -> Arc<SqliteStore> {
+    Arc::new(
+        SqliteStore::open(db, encryption)
+            .unwrap()
+            .with_audit(AuditKey::new([1; 32]), None),
+    )
+}
+
 #[test]
 fn negative_control_a_plaintext_store_shows_the_narrative_in_its_wal_and_database() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("desa.sqlite3");
-    let store = Arc::new(
-        SqliteStore::open(&db, Encryption::Plaintext)
-            .unwrap()
-            .with_audit(AuditKey::new([1; 32]), None),
-    );
+    let store = audited(&db, Encryption::Plaintext);
     let engine = engine(&store);
     ingest_incident(&engine, 1);
     let needle = narrative(1);
@@ -177,11 +182,7 @@ fn negative_control_a_plaintext_store_shows_the_narrative_in_its_wal_and_databas
 fn an_encrypted_store_shows_the_narrative_in_no_file_before_or_after_a_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("desa.sqlite3");
-    let store = Arc::new(
-        SqliteStore::open(&db, Encryption::Key(KEY))
-            .unwrap()
-            .with_audit(AuditKey::new([1; 32]), None),
-    );
+    let store = audited(&db, Encryption::Key(KEY));
     let engine = engine(&store);
     let id = ingest_incident(&engine, 1);
     let needle = narrative(1);
@@ -215,11 +216,7 @@ fn a_wrong_key_fails_at_open_with_one_clear_message_and_touches_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("desa.sqlite3");
     {
-        let store = Arc::new(
-            SqliteStore::open(&db, Encryption::Key(KEY))
-                .unwrap()
-                .with_audit(AuditKey::new([1; 32]), None),
-        );
+        let store = audited(&db, Encryption::Key(KEY));
         let engine = engine(&store);
         ingest_incident(&engine, 1);
         stop(engine, &store);
@@ -254,11 +251,7 @@ fn a_wrong_key_fails_at_open_with_one_clear_message_and_touches_nothing() {
 fn a_plaintext_database_is_encrypted_in_place_keeping_every_report() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("desa.sqlite3");
-    let store = Arc::new(
-        SqliteStore::open(&db, Encryption::Plaintext)
-            .unwrap()
-            .with_audit(AuditKey::new([1; 32]), None),
-    );
+    let store = audited(&db, Encryption::Plaintext);
     let engine = engine(&store);
     let ids: Vec<ReportId> = (1..=5).map(|n| ingest_incident(&engine, n)).collect();
     stop(engine, &store);

@@ -259,3 +259,20 @@ pub fn incident(d: &mut Device, title: &str) -> ReportId {
         &["category=recruitment_offer", &format!("title={title}")],
     )
 }
+
+/// Every file in the directory: its bytes and when it was last modified.
+pub fn snapshot(
+    dir: &Path,
+) -> std::collections::BTreeMap<String, (Vec<u8>, std::time::SystemTime)> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let meta = e.metadata().unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                (std::fs::read(e.path()).unwrap(), meta.modified().unwrap()),
+            )
+        })
+        .collect()
+}
