@@ -147,6 +147,9 @@ fn push_hex(text: &mut String, byte: u8) {
 /// decrypt (a wrong passphrase), which would bury the one message the volunteer needs. The log
 /// settings are process-wide and set up when the library initialises (the first open), so this
 /// runs after opening, on every connection.
+/// Serializes keying connections (see [`open_keyed`]).
+static KEYING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn quiet(conn: &Connection) -> Result<(), StoreError> {
     conn.query_row("PRAGMA cipher_log_level = NONE", [], |_| Ok(()))?;
     conn.query_row("PRAGMA cipher_log = off", [], |_| Ok(()))?;
@@ -157,6 +160,11 @@ fn quiet(conn: &Connection) -> Result<(), StoreError> {
 /// statement.
 pub(super) fn open_keyed(path: &Path, key: &StoreKey) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    // One connection keyed at a time per process (SQLCipher sets its crypto provider up and
+    // down with the first and last codec; the server saw a keying race once under parallel tests).
+    let _keying = KEYING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     quiet(&conn)?;
     let pragma = Zeroizing::new(format!("PRAGMA key = \"{}\";", key.sql_value().as_str()));
     conn.execute_batch(&pragma)?;
@@ -282,10 +290,15 @@ fn export(path: &Path, tmp: &Path, key: &StoreKey) -> Result<(), StoreError> {
     let tmp_text = tmp
         .to_str()
         .ok_or_else(|| StoreError::Setup(format!("{} is not a UTF-8 path", tmp.display())))?;
-    plain.execute(
-        "ATTACH DATABASE ?1 AS encrypted KEY ?2",
-        rusqlite::params![tmp_text, key.sql_value().as_str()],
-    )?;
+    {
+        let _keying = KEYING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        plain.execute(
+            "ATTACH DATABASE ?1 AS encrypted KEY ?2",
+            rusqlite::params![tmp_text, key.sql_value().as_str()],
+        )?;
+    }
     // One transaction: the copy is of one moment of the store, and no other desa writes meanwhile.
     plain.execute_batch("BEGIN IMMEDIATE")?;
     plain.query_row("SELECT sqlcipher_export('encrypted')", [], |_| Ok(()))?;

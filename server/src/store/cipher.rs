@@ -15,6 +15,9 @@ use zeroize::{Zeroize, Zeroizing};
 
 use super::StoreError;
 
+/// Serializes keying connections (see [`unlock`]).
+static KEYING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// How the database file is protected.
 #[derive(Clone)]
 pub enum Encryption {
@@ -71,9 +74,19 @@ pub(crate) fn unlock(
         // SQLCipher logs a failed page HMAC ("ERROR CORE ... hmac check failed") to stderr; the
         // operator gets one clear message from us instead. (Process-wide, and only SQLCipher's own
         // log: SQLite's errors still come back as errors.)
-        conn.pragma_update(None, "cipher_log_level", "NONE")?;
         let sql = Zeroizing::new(format!("PRAGMA key = \"{}\";", &*raw_key(key)));
-        conn.execute_batch(&sql)?;
+        // One connection keyed at a time in this process: SQLCipher sets up its crypto provider
+        // as the first codec of a process appears and tears it down with the last, and a keying
+        // that raced another connection's open or close was seen failing once (in CI, tests
+        // opening and closing stores in parallel). Opening a connection is rare; the lock is cheap.
+        let _keying = KEYING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        conn.pragma_update(None, "cipher_log_level", "NONE")?;
+        if let Err(first) = conn.execute_batch(&sql) {
+            tracing::warn!(error = %first, "keying a database connection failed; trying once more");
+            conn.execute_batch(&sql)?;
+        }
     }
     // A connection that found a WAL left by a crash checkpoints it into the database when it
     // closes, even if its key could not read a page: no checkpoint on close until the key is
@@ -172,10 +185,15 @@ pub(crate) fn encrypt_if_plaintext(
         let copy_name = copy.to_str().ok_or_else(|| {
             StoreError::Database(format!("{} is not a UTF-8 path", copy.display()))
         })?;
-        conn.execute(
-            "ATTACH DATABASE ?1 AS encrypted KEY ?2",
-            rusqlite::params![copy_name, &*raw_key(key)],
-        )?;
+        {
+            let _keying = KEYING
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            conn.execute(
+                "ATTACH DATABASE ?1 AS encrypted KEY ?2",
+                rusqlite::params![copy_name, &*raw_key(key)],
+            )?;
+        }
         conn.query_row("SELECT sqlcipher_export('encrypted')", [], |_| Ok(()))?;
         // sqlcipher_export copies the schema and rows, not the header's user_version.
         conn.pragma_update(Some("encrypted"), "user_version", version)?;
