@@ -437,7 +437,6 @@ impl Desa {
 /// Wait (bounded, 60 s) for a `desa-server` that must refuse to start; its exit code and stderr
 /// (which must have been piped).
 pub fn refused(mut child: Child) -> (i32, String) {
-    use std::io::Read;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -449,12 +448,18 @@ pub fn refused(mut child: Child) -> (i32, String) {
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
+    (status.code().unwrap_or(-1), stderr_of(&mut child))
+}
+
+/// All of a child's piped stderr (read to the end: the child must have exited or be killed).
+pub fn stderr_of(child: &mut Child) -> String {
+    use std::io::Read;
     let mut stderr = String::new();
     child
         .stderr
         .take()
-        .unwrap()
+        .expect("stderr was piped")
         .read_to_string(&mut stderr)
         .unwrap();
-    (status.code().unwrap_or(-1), stderr)
+    stderr
 }

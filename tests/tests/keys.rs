@@ -3,7 +3,7 @@
 //! server with one clear line (not SQLCipher's log).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
@@ -37,13 +37,7 @@ fn started(mut child: Child) -> String {
         .unwrap();
     let _ = child.kill();
     let _ = child.wait();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = desa_tests::stderr_of(&mut child);
     assert!(
         line.starts_with("listening on http://"),
         "did not start: {line:?}\n{stderr}"

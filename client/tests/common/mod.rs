@@ -276,3 +276,42 @@ pub fn snapshot(
         })
         .collect()
 }
+
+/// What a store keeps — reports, waiting changes (by hash), refusals, sync positions, device — to
+/// compare a store before and after an operation that must not lose anything.
+#[derive(Debug, PartialEq)]
+pub struct Kept {
+    /// The report list.
+    pub summaries: Vec<desa_client::store::ReportSummary>,
+    /// Waiting changes per report.
+    pub outbox: Vec<(ReportId, Vec<sync_core::automerge::ChangeHash>)>,
+    /// Refusals.
+    pub refusals: Vec<desa_client::store::StoredRefusal>,
+    /// Sync positions.
+    pub sync: sync_core::protocol::device::DeviceSync,
+    /// The device.
+    pub device: DeviceInfo,
+}
+
+impl Kept {
+    /// Read it from `store`.
+    pub fn of(store: &Store) -> Kept {
+        Kept {
+            summaries: store.summaries().unwrap(),
+            outbox: store
+                .outbox()
+                .unwrap()
+                .into_iter()
+                .map(|(id, changes)| (id, changes.iter().map(|c| c.hash()).collect()))
+                .collect(),
+            refusals: store.refusals().unwrap(),
+            sync: store.sync_state().unwrap(),
+            device: store.device().unwrap(),
+        }
+    }
+
+    /// Changes waiting, all reports together.
+    pub fn waiting(&self) -> usize {
+        self.outbox.iter().map(|(_, c)| c.len()).sum()
+    }
+}
