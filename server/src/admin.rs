@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use sync_core::{DeviceId, DeviceToken, Role, VillageCode};
 
 use crate::audit::{self, Action, AuditEvent, AuditKey, Head, Who};
-use crate::engine::now_ms;
+use crate::clock::now_ms;
 use crate::store::{DeviceRecord, Store, StoreError, UserRecord};
 
 /// Why an operator command failed.
@@ -56,6 +56,29 @@ pub fn add_user(
             "a user name is 1 to 64 characters, without commas or control characters".into(),
         ));
     }
+    let villages = checked_access(role, villages)?;
+    let user = UserRecord {
+        name: name.to_owned(),
+        role,
+        villages: villages.clone(),
+        created_at: now_ms(),
+        removed_at: None,
+    };
+    let event = AuditEvent::now(
+        operator(),
+        Action::UserAdd {
+            name: name.to_owned(),
+            role: role.to_string(),
+            villages: villages.iter().map(ToString::to_string).collect(),
+        },
+    );
+    store.add_user(&user, &event)?;
+    Ok(format!("added {role} {name}"))
+}
+
+/// A role and villages that go together (volunteers have villages, other roles cover all), the
+/// villages sorted and without repeats.
+fn checked_access(role: Role, villages: &[VillageCode]) -> Result<Vec<VillageCode>, AdminError> {
     match (role, villages.is_empty()) {
         (Role::Server, _) => return Err(AdminError::Invalid(
             "the server role is the server's own; give volunteer, coordinator, analyst or admin"
@@ -77,22 +100,120 @@ pub fn add_user(
     let mut villages = villages.to_vec();
     villages.sort();
     villages.dedup();
-    let user = UserRecord {
-        name: name.to_owned(),
-        role,
-        villages: villages.clone(),
-        created_at: now_ms(),
+    Ok(villages)
+}
+
+/// `user set NAME [--role ROLE] [--village CODE …]`: change a user's role and villages. Without
+/// `--role` the role stays; without `--village` a volunteer keeps their villages (another role
+/// has none). A running server applies it to open connections and sessions within a second.
+pub fn set_user(
+    store: &dyn Store,
+    name: &str,
+    role: Option<Role>,
+    villages: &[VillageCode],
+) -> Result<String, AdminError> {
+    let current = store
+        .users()?
+        .into_iter()
+        .find(|u| u.name == name && u.removed_at.is_none())
+        .ok_or_else(|| AdminError::Invalid(format!("no user {name:?} (see `user list`)")))?;
+    let role = role.unwrap_or(current.role);
+    let villages = match (role, villages.is_empty()) {
+        (Role::Volunteer, true) => current.villages.clone(),
+        _ => villages.to_vec(),
     };
+    let villages = checked_access(role, &villages)?;
+    if role == current.role && villages == current.villages {
+        return Ok(format!(
+            "{name} is already a {role}{}",
+            village_text(&villages)
+        ));
+    }
     let event = AuditEvent::now(
         operator(),
-        Action::UserAdd {
+        Action::UserUpdate {
             name: name.to_owned(),
             role: role.to_string(),
             villages: villages.iter().map(ToString::to_string).collect(),
         },
     );
-    store.add_user(&user, &event)?;
-    Ok(format!("added {role} {name}"))
+    if !store.update_user(name, role, &villages, &event)? {
+        return Err(AdminError::Invalid(format!("no user {name:?}")));
+    }
+    Ok(format!(
+        "{name} is now a {role}{}; a running server applies it within a second",
+        village_text(&villages)
+    ))
+}
+
+fn village_text(villages: &[VillageCode]) -> String {
+    if villages.is_empty() {
+        String::new()
+    } else {
+        let codes: Vec<String> = villages.iter().map(ToString::to_string).collect();
+        format!(" of {}", codes.join(", "))
+    }
+}
+
+/// `user remove NAME`: the user can no longer sign in or sync; every device of theirs is revoked.
+/// Their name stays in history and is not given to anyone else.
+pub fn remove_user(store: &dyn Store, name: &str) -> Result<String, AdminError> {
+    let devices = store
+        .devices()?
+        .into_iter()
+        .filter(|d| d.user == name && d.revoked_at.is_none())
+        .count();
+    let event = AuditEvent::now(
+        operator(),
+        Action::UserRemove {
+            name: name.to_owned(),
+        },
+    );
+    if store.remove_user(name, now_ms(), &event)? {
+        Ok(format!(
+            "removed {name} and revoked {devices} device{}; a running server refuses them within a second",
+            if devices == 1 { "" } else { "s" }
+        ))
+    } else {
+        Err(AdminError::Invalid(format!(
+            "no user {name:?} (unknown, or already removed)"
+        )))
+    }
+}
+
+/// `device list [USER]`: every device (of one user), with its state.
+pub fn list_devices(store: &dyn Store, user: Option<&str>) -> Result<String, AdminError> {
+    let users = store.users()?;
+    if let Some(name) = user {
+        if !users.iter().any(|u| u.name == name) {
+            return Err(AdminError::Invalid(format!(
+                "no user {name:?} (see `user list`)"
+            )));
+        }
+    }
+    let mut out = String::from("device	user	role	added	state\n");
+    for d in store
+        .devices()?
+        .iter()
+        .filter(|d| user.is_none_or(|u| d.user == u))
+    {
+        let role = users
+            .iter()
+            .find(|u| u.name == d.user)
+            .map_or("-".to_owned(), |u| u.role.to_string());
+        let state = match d.revoked_at {
+            Some(at) => format!("revoked {}", crate::view::rfc3339_ms(at)),
+            None => "active".into(),
+        };
+        let _ = writeln!(
+            out,
+            "{}\t{}\t{role}\t{}\t{state}",
+            d.id,
+            d.user,
+            crate::view::rfc3339_ms(d.created_at)
+        );
+    }
+    Ok(out)
 }
 
 /// `device add USER`: a new device and its token. The token is shown once, on the last line.
@@ -151,9 +272,13 @@ pub fn list_users(store: &dyn Store) -> Result<String, AdminError> {
     let mut out = String::new();
     for user in &users {
         let villages: Vec<String> = user.villages.iter().map(ToString::to_string).collect();
+        let removed = user
+            .removed_at
+            .map(|at| format!("\tremoved {}", crate::view::rfc3339_ms(at)))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "{}\t{}\t{}",
+            "{}\t{}\t{}{removed}",
             user.name,
             user.role,
             if villages.is_empty() {

@@ -75,7 +75,7 @@ pub struct Who {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
-    /// Changes to one report were accepted (and, if any, refused).
+    /// Changes to one report uploaded by `who` were accepted (and, if any, refused or held).
     Write {
         /// The report.
         report: String,
@@ -86,8 +86,22 @@ pub enum Action {
         /// Refused changes of the same request: `hash: reason`.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         refused: Vec<String>,
-        /// How they came: `sync`, `ws` or `api`.
+        /// Changes of the same request held for missing dependencies (judged, with `who`'s
+        /// access, when they arrive).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        held: Vec<String>,
+        /// How they came: `sync`, `ws`, `api`, `server`, or `held` (uploaded earlier, applied now
+        /// that their dependencies arrived).
         via: String,
+    },
+    /// Changes `who` uploaded earlier and the server held for their dependencies were dropped:
+    /// refused now (the uploader lost access, was revoked or removed, or the change breaks a
+    /// rule) or expired.
+    HeldDropped {
+        /// The report.
+        report: String,
+        /// `hash: reason` of each dropped change.
+        changes: Vec<String>,
     },
     /// Reports were read (one entry per request).
     Read {
@@ -108,17 +122,28 @@ pub enum Action {
         /// Whether sensitive fields were redacted.
         redacted: bool,
     },
-    /// A request without a valid token.
+    /// Requests without a valid token from one client address, counted over an interval: one
+    /// entry per address and interval, however many there were (a flood does not flood the
+    /// trail).
     AuthFailed {
-        /// Why (missing, malformed, unknown device, wrong secret, revoked).
-        reason: String,
-        /// The device the token named, if it parsed.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        device: Option<String>,
-        /// The peer address.
+        /// The client address.
         peer: String,
-        /// The request path (without the query, which may hold a token).
-        path: String,
+        /// How many failed.
+        count: u64,
+        /// How many of them were answered 429 (over the address's allowance).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        throttled: u64,
+        /// Count per reason (missing, malformed, unknown device, wrong secret, revoked).
+        reasons: std::collections::BTreeMap<String, u64>,
+        /// Devices the tokens named, when they parsed (at most 16).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        devices: Vec<String>,
+        /// Request paths, without queries (which may hold a token) (at most 8).
+        paths: Vec<String>,
+        /// The first and last failure of the interval (RFC 3339).
+        first: String,
+        /// The last failure.
+        last: String,
     },
     /// A user was added.
     UserAdd {
@@ -141,6 +166,20 @@ pub enum Action {
         /// Its id.
         device: String,
     },
+    /// A user's role or villages changed.
+    UserUpdate {
+        /// Name.
+        name: String,
+        /// Role now.
+        role: String,
+        /// Villages now (volunteers).
+        villages: Vec<String>,
+    },
+    /// A user was removed (and every device of theirs revoked).
+    UserRemove {
+        /// Name.
+        name: String,
+    },
     /// The audit trail itself was read.
     AuditRead {
         /// Entries returned.
@@ -160,14 +199,33 @@ pub struct AuditEvent {
     pub action: Action,
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl From<&sync_core::Principal> for Who {
+    fn from(p: &sync_core::Principal) -> Self {
+        Who {
+            user: p.user.clone(),
+            role: p.role().to_string(),
+            device: Some(p.device.to_string()),
+        }
+    }
+}
+
 impl AuditEvent {
-    /// An event happening now.
-    pub fn now(who: Who, action: Action) -> Self {
+    /// An event at `ms` (server clock, unix ms).
+    pub fn at(ms: i64, who: Who, action: Action) -> Self {
         AuditEvent {
-            at: crate::view::rfc3339_ms(crate::engine::now_ms()),
+            at: crate::view::rfc3339_ms(ms),
             who,
             action,
         }
+    }
+
+    /// An event happening now.
+    pub fn now(who: Who, action: Action) -> Self {
+        AuditEvent::at(crate::clock::now_ms(), who, action)
     }
 
     /// The record text that is stored and sealed.
@@ -223,11 +281,13 @@ impl Head {
 
     /// Open (creating) an anchor file for [`Head::store`].
     pub fn open_file(path: &Path) -> std::io::Result<std::fs::File> {
+        use std::os::unix::fs::OpenOptionsExt;
         std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .open(path)
     }
 

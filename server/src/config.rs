@@ -19,10 +19,10 @@ pub struct Cli {
 pub enum Command {
     /// Serve the sync and coordinator API.
     Serve(Settings),
-    /// Manage users (`user add`, `user list`).
+    /// Manage users (`user add`, `user set`, `user remove`, `user list`).
     #[command(subcommand)]
     User(UserCommand),
-    /// Manage devices and their tokens (`device add`, `device revoke`).
+    /// Manage devices and their tokens (`device add`, `device list`, `device revoke`).
     #[command(subcommand)]
     Device(DeviceCommand),
     /// Check the audit trail (`audit verify`).
@@ -69,6 +69,29 @@ pub enum UserCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Change a user's role and villages: `user set NAME [--role ROLE] [--village CODE …]`.
+    /// Open connections and sessions get the new access within a second.
+    Set {
+        /// The user.
+        name: String,
+        /// The new role (default: unchanged).
+        #[arg(long)]
+        role: Option<sync_core::Role>,
+        /// The villages of a volunteer, replacing theirs (default: unchanged); repeat for several.
+        #[arg(long = "village")]
+        villages: Vec<String>,
+        /// The database.
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Remove a user: every device of theirs is revoked; the name stays in history.
+    Remove {
+        /// The user.
+        name: String,
+        /// The database.
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// List users, their villages and devices.
     List {
         /// The database.
@@ -84,6 +107,14 @@ pub enum DeviceCommand {
     Add {
         /// The user.
         user: String,
+        /// The database.
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List devices (of one user), with their state.
+    List {
+        /// Only this user's devices.
+        user: Option<String>,
         /// The database.
         #[command(flatten)]
         store: StoreArgs,
@@ -155,4 +186,42 @@ pub struct Settings {
     /// it).
     #[arg(long, env = "DESA_MAX_MESSAGE", default_value_t = sync_core::protocol::repo::MAX_MESSAGE_BYTES)]
     pub max_message: usize,
+    /// Failed authentications a client address may make at once (then --auth-fail-rate a
+    /// second); above it, 429 with Retry-After. Valid tokens are always served.
+    #[arg(long, env = "DESA_AUTH_FAIL_BURST", default_value_t = crate::auth::failures::DEFAULT_BURST,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub auth_fail_burst: u32,
+    /// Failed authentications per second a client address may make, sustained.
+    #[arg(long, env = "DESA_AUTH_FAIL_RATE", default_value_t = crate::auth::failures::DEFAULT_RATE,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub auth_fail_rate: u32,
+    /// Seconds over which failed authentications are counted into one audit entry per address.
+    #[arg(long, env = "DESA_AUTH_AUDIT_INTERVAL", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub auth_audit_interval: u64,
+    /// The address of a TLS proxy in front of the server (repeatable, or comma-separated in the
+    /// environment): for requests from it, the client address is taken from X-Forwarded-For.
+    #[arg(
+        long = "trusted-proxy",
+        env = "DESA_TRUSTED_PROXY",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Open WebSocket connections one device may have (a new one above it is refused with 429).
+    #[arg(long, env = "DESA_WS_PER_DEVICE", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub ws_per_device: u32,
+    /// Open WebSocket connections in all (a new one above it is refused with 503).
+    #[arg(long, env = "DESA_WS_TOTAL", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub ws_total: u32,
+    /// Seconds between the server's pings on an idle WebSocket.
+    #[arg(long, env = "DESA_WS_PING", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub ws_ping: u64,
+    /// Seconds without any frame from a peer (not even a pong) after which its WebSocket is
+    /// closed: a phone that lost its signal stops holding a connection slot.
+    #[arg(long, env = "DESA_WS_IDLE", default_value_t = 45,
+          value_parser = clap::value_parser!(u64).range(2..))]
+    pub ws_idle: u64,
 }

@@ -14,12 +14,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use lru::LruCache;
 use sync_core::automerge::{Automerge, Change, ChangeHash};
 use sync_core::protocol::server::{self as steps, FeedBuilder, Receipt};
-use sync_core::protocol::{Bytes, Position, Rebuild, SyncRequest, SyncResponse, WireError};
+use sync_core::protocol::{Position, SyncRequest, SyncResponse, WireError};
 use sync_core::rules::Verdict;
 use sync_core::{Report, ReportId, ReportKind, VillageCode};
 
-use crate::audit::{Action, AuditEvent};
-use crate::auth::Principal;
+use sync_core::rules::HeldLimits;
+use sync_core::{DeviceId, Principal};
+
+use crate::audit::{Action, AuditEvent, Who};
+use crate::auth::Directory;
 pub use crate::ingest::Via;
 use crate::ingest::{Ingestor, Judged};
 use crate::store::{ReportRow, Store, StoreError, StoredDoc};
@@ -54,6 +57,9 @@ pub enum EngineError {
     /// The caller may not do this (a village outside their scope, a role that does not sync).
     #[error("{0}")]
     Forbidden(String),
+    /// The server cannot take writes now (its writer thread failed); nothing was stored.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// A report's working state: the document and what the store keeps beside it.
@@ -63,16 +69,44 @@ pub struct Working {
     pub(crate) recent: steps::Recent,
     pub(crate) receipts: Vec<Receipt>,
     pub(crate) tail_len: usize,
-    pub(crate) held: Vec<Change>,
+    pub(crate) held: Vec<HeldChange>,
     pub(crate) exists: bool,
 }
 
-/// What the request threads and the writer thread share: the store and the document cache.
+/// A change held for its dependencies, with the device that uploaded it.
+#[derive(Clone, Debug)]
+pub struct HeldChange {
+    pub(crate) change: Change,
+    pub(crate) device: DeviceId,
+    /// When it was uploaded (server clock, unix ms).
+    pub(crate) since: i64,
+}
+
+/// The server's clock as the engine reads it: the system clock, or one a test drives.
+pub trait Clock: Send + Sync {
+    /// Unix milliseconds.
+    fn now(&self) -> i64;
+}
+
+/// The system clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> i64 {
+        crate::clock::now_ms()
+    }
+}
+
+/// What the request threads and the writer thread share: the store, the directory (whose
+/// devices' access judges their changes), the document cache and the clock.
 pub struct Shared {
     pub(crate) store: Arc<dyn Store>,
+    pub(crate) directory: Arc<Directory>,
     cache: Mutex<LruCache<ReportId, Arc<Working>>>,
     /// After each commit: the reports it changed (live push to WebSocket peers).
     pub(crate) committed: tokio::sync::broadcast::Sender<Arc<Vec<ReportId>>>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) held_limits: HeldLimits,
 }
 
 impl Shared {
@@ -95,35 +129,69 @@ pub struct Engine {
 /// re-syncs everything it has open).
 const COMMITTED_BACKLOG: usize = 1024;
 
-/// Server clock, unix milliseconds.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+/// How an engine is set up besides its store and directory.
+#[derive(Clone)]
+pub struct EngineOptions {
+    /// Report documents kept in memory.
+    pub cache_reports: usize,
+    /// Reports per sync answer page (at most; a page also stops at 512 KiB).
+    pub page_reports: usize,
+    /// Bounds on changes held for their dependencies.
+    pub held_limits: HeldLimits,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            cache_reports: 2048,
+            page_reports: steps::PAGE_REPORTS,
+            held_limits: HeldLimits::default(),
+            clock: Arc::new(SystemClock),
+        }
+    }
 }
 
 impl Engine {
-    /// An engine over `store`, caching up to `cache_reports` documents. Starts the writer thread.
-    pub fn new(store: Arc<dyn Store>, cache_reports: usize) -> std::io::Result<Self> {
-        let capacity = NonZeroUsize::new(cache_reports.max(1)).unwrap_or(NonZeroUsize::MIN);
+    /// An engine over `store`, judging changes with the access `directory` gives their uploaders.
+    /// Starts the writer thread.
+    pub fn new(
+        store: Arc<dyn Store>,
+        directory: Arc<Directory>,
+        options: EngineOptions,
+    ) -> std::io::Result<Self> {
+        let capacity = NonZeroUsize::new(options.cache_reports.max(1)).unwrap_or(NonZeroUsize::MIN);
         let (committed, _) = tokio::sync::broadcast::channel(COMMITTED_BACKLOG);
         let shared = Arc::new(Shared {
             store,
+            directory,
             cache: Mutex::new(LruCache::new(capacity)),
             committed,
+            clock: options.clock,
+            held_limits: options.held_limits,
         });
         let ingestor = Ingestor::start(shared.clone())?;
         Ok(Engine {
             shared,
             ingestor,
-            page_reports: steps::PAGE_REPORTS,
+            page_reports: options.page_reports.max(1),
         })
     }
 
-    /// At most `n` reports per sync answer page (default [`steps::PAGE_REPORTS`], 500).
-    pub fn with_page_reports(mut self, n: usize) -> Self {
-        self.page_reports = n.max(1);
-        self
+    /// The directory of users and devices.
+    pub fn directory(&self) -> &Arc<Directory> {
+        &self.shared.directory
+    }
+
+    /// Whether the writer thread answers within `timeout` (for `/healthz`).
+    pub fn probe(&self, timeout: std::time::Duration) -> Result<(), EngineError> {
+        self.ingestor.probe(timeout)
+    }
+
+    /// The server clock, unix ms.
+    pub fn now(&self) -> i64 {
+        self.shared.clock.now()
     }
 
     /// Notifications of committed reports, from now on.
@@ -169,16 +237,17 @@ impl Engine {
         }
         let n = batches.len();
         if n > 0 {
-            self.ingest(batches, &Principal::server(), Via::Server)?;
+            self.ingest(batches, &Arc::new(Principal::server()), Via::Server)?;
         }
         Ok(n)
     }
 
-    /// Admit and durably commit changes (through the group-commit writer). Returns the verdicts.
+    /// Admit and durably commit changes (through the group-commit writer), each judged with the
+    /// access of `principal`, who uploaded them. Returns the verdicts.
     pub fn ingest(
         &self,
         batches: Vec<(ReportId, Vec<Change>)>,
-        principal: &Principal,
+        principal: &Arc<Principal>,
         via: Via,
     ) -> Result<Judged, EngineError> {
         self.ingestor.submit(batches, principal, via)
@@ -191,7 +260,7 @@ impl Engine {
 
     /// Answer one sync request (the body of `POST /api/v1/sync`) from `principal`: its uploads are
     /// judged with the principal's access, and only scopes (villages) it covers may be asked for.
-    pub fn sync(&self, body: &[u8], principal: &Principal) -> Result<Vec<u8>, EngineError> {
+    pub fn sync(&self, body: &[u8], principal: &Arc<Principal>) -> Result<Vec<u8>, EngineError> {
         let access = &principal.access;
         if !access.may_write() {
             return Err(EngineError::Forbidden(format!(
@@ -215,16 +284,14 @@ impl Engine {
         let verdicts = plan.verdicts(&judged);
         let mut rebuilds = Vec::new();
         for (id, v) in &judged {
-            if v.values().any(|v| matches!(v, Verdict::Refused(_))) {
-                let snapshot = match self.working(id)? {
-                    Some(w) if w.exists => w.doc.save(),
-                    _ => Vec::new(),
-                };
-                rebuilds.push(Rebuild {
-                    report: *id,
-                    snapshot: Bytes(snapshot),
-                });
+            if !v.values().any(|v| matches!(v, Verdict::Refused(_))) {
+                continue;
             }
+            // Only what the caller may see: a report of another village, or one the server does
+            // not have, gets no rebuild at all.
+            let working = self.working(id)?;
+            let doc = working.as_ref().filter(|w| w.exists).map(|w| &w.doc);
+            rebuilds.extend(steps::rebuild_for(*id, doc, access, v));
         }
         rebuilds.sort_by_key(|r| r.report);
         let uploaded = plan.uploaded();
@@ -239,8 +306,9 @@ impl Engine {
         if !sent.is_empty() {
             // Who downloaded which report, durably before the answer leaves. A sync with nothing
             // new writes nothing.
-            self.audit(vec![AuditEvent::now(
-                principal.who(),
+            self.audit(vec![AuditEvent::at(
+                self.now(),
+                Who::from(&**principal),
                 Action::Read {
                     via: "sync".into(),
                     reports: sent,
@@ -319,12 +387,16 @@ impl Engine {
     /// A coordinator's (or any API writer's) edit: made on the current state, then admitted and
     /// committed like any change, so it flows to devices on their next sync. `Ok(None)`: the edit
     /// changed nothing.
+    ///
+    /// `nonce` goes into the change (its message), so that nobody can predict the change's hash
+    /// and pre-build changes on top of it: the shell passes fresh randomness.
     pub fn edit(
         &self,
         id: ReportId,
         edits: &[sync_core::Edit],
         writer: &sync_core::Writer,
-        principal: &Principal,
+        principal: &Arc<Principal>,
+        nonce: [u8; 16],
     ) -> Result<Option<ChangeHash>, EngineError> {
         let working = self
             .working(&id)?
@@ -332,7 +404,8 @@ impl Engine {
             .ok_or(EngineError::NotFound(id))?;
         let mut report = Report::from_doc(id, working.doc.clone())
             .map_err(|e| EngineError::Corrupt(id, e.to_string()))?;
-        let change = match report.edit(edits, writer) {
+        let message = format!("api {}", crate::audit::hex(&nonce));
+        let change = match report.edit_with_message(edits, writer, Some(message)) {
             Ok(Some(change)) => change,
             Ok(None) => return Ok(None),
             Err(sync_core::ReportError::Refused(r)) => return Err(EngineError::Refused(r)),
@@ -355,25 +428,41 @@ pub(crate) fn load_working(id: &ReportId, stored: &StoredDoc) -> Result<Working,
     let mut doc = if stored.snapshot.is_empty() {
         Automerge::new()
     } else {
-        Automerge::load(&stored.snapshot).map_err(|e| corrupt(e.to_string()))?
+        sync_core::guard::load(&stored.snapshot).map_err(|e| corrupt(e.to_string()))?
     };
     let tail = parse_changes(&stored.tail).map_err(corrupt)?;
     let tail_len = tail.len();
-    doc.apply_changes(tail)
-        .map_err(|e| corrupt(e.to_string()))?;
+    sync_core::guard::apply(&mut doc, tail).map_err(|e| corrupt(e.to_string()))?;
+    // A held row that no longer parses (it did when it was held) is dropped rather than making
+    // the whole report unwritable: its device still has it and sends it again.
+    let held = stored
+        .held
+        .iter()
+        .filter_map(|row| match sync_core::guard::parse_change(row.bytes.clone()) {
+            Ok(change) => Some(HeldChange {
+                change,
+                device: row.device,
+                since: row.since,
+            }),
+            Err(e) => {
+                tracing::warn!(report = %id, error = %e, "a held change does not parse; dropped");
+                None
+            }
+        })
+        .collect();
     Ok(Working {
         recent: steps::Recent::new(stored.last_seq),
         exists: stored.last_seq > 0,
         doc,
         receipts: stored.receipts.clone(),
         tail_len,
-        held: parse_changes(&stored.held).map_err(corrupt)?,
+        held,
     })
 }
 
 fn parse_changes(raw: &[Vec<u8>]) -> Result<Vec<Change>, String> {
     raw.iter()
-        .map(|b| Change::from_bytes(b.clone()).map_err(|e| e.to_string()))
+        .map(|b| sync_core::guard::parse_change(b.clone()).map_err(|e| e.to_string()))
         .collect()
 }
 

@@ -34,16 +34,24 @@ pub enum ApiError {
     /// No such resource (404).
     #[error("{0}")]
     NotFound(String),
-    /// Too many requests from this device (429); `Retry-After` says when to try again.
-    #[error("too many requests: try again in {} s", .retry_after.seconds())]
+    /// Too many requests (429); `Retry-After` says when to try again.
+    #[error("{}", .detail.clone().unwrap_or_else(|| format!("too many requests: try again in {} s", .retry_after.seconds())))]
     RateLimited {
-        /// When the device may try again.
+        /// When the caller may try again.
         retry_after: crate::limit::RetryAfter,
+        /// What is limited, when it is not the request rate.
+        detail: Option<String>,
     },
     /// Something failed on the server (500); nothing was acknowledged.
     #[error("{0}")]
     Internal(String),
+    /// The server cannot take writes now (503); nothing was acknowledged. Try again later.
+    #[error("{0}")]
+    Unavailable(String),
 }
+
+/// Characters of an error's detail at most.
+pub const MAX_DETAIL: usize = 300;
 
 impl ApiError {
     fn code(&self) -> &'static str {
@@ -57,6 +65,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Internal(_) => "internal",
+            ApiError::Unavailable(_) => "unavailable",
         }
     }
 }
@@ -72,11 +81,12 @@ impl ResponseError for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
-        if let ApiError::Internal(detail) = self {
+        if let ApiError::Internal(detail) | ApiError::Unavailable(detail) = self {
             tracing::error!(%detail, "request failed");
         }
         let mut answer = HttpResponse::build(self.status_code());
@@ -86,15 +96,17 @@ impl ResponseError for ApiError {
                 "Bearer realm=\"desa-sync\"",
             ));
         }
-        if let ApiError::RateLimited { retry_after } = self {
+        if let ApiError::RateLimited { retry_after, .. } = self {
             answer.insert_header((
                 actix_web::http::header::RETRY_AFTER,
                 retry_after.seconds().to_string(),
             ));
         }
+        // An error never echoes more than a few hundred characters of what it refused (a 100 KB
+        // id, a 5,000-character value): enough to see what is wrong.
         answer.json(serde_json::json!({
             "error": self.code(),
-            "detail": self.to_string(),
+            "detail": sync_core::rules::clip(self.to_string(), MAX_DETAIL),
         }))
     }
 }
@@ -114,13 +126,17 @@ impl From<EngineError> for ApiError {
             e @ (EngineError::Store(_) | EngineError::Corrupt(..) | EngineError::Poisoned) => {
                 ApiError::Internal(e.to_string())
             }
+            EngineError::Unavailable(why) => ApiError::Unavailable(why),
         }
     }
 }
 
 impl From<crate::limit::RetryAfter> for ApiError {
     fn from(retry_after: crate::limit::RetryAfter) -> Self {
-        ApiError::RateLimited { retry_after }
+        ApiError::RateLimited {
+            retry_after,
+            detail: None,
+        }
     }
 }
 

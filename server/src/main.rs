@@ -29,6 +29,19 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // automerge panics on some hostile inputs; the server contains each such panic (the input is
+    // refused, nothing stops), so one log line says what happened — a backtrace only when
+    // RUST_BACKTRACE asks for it.
+    std::panic::set_hook(Box::new(|info| {
+        let backtrace = std::backtrace::Backtrace::capture();
+        let what = "panic (contained where the input came from the network or the disk)";
+        match backtrace.status() {
+            std::backtrace::BacktraceStatus::Captured => {
+                tracing::error!(panic = %info, %backtrace, "{what}")
+            }
+            _ => tracing::error!(panic = %info, "{what}"),
+        }
+    }));
     match cli.command {
         Command::Serve(settings) => serve(&settings),
         Command::User(UserCommand::Add {
@@ -37,14 +50,23 @@ fn main() -> ExitCode {
             villages,
             store,
         }) => operate(&store, |s, _| {
-            let villages = villages
-                .iter()
-                .map(|v| sync_core::VillageCode::parse(v))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| admin::AdminError::Invalid(e.to_string()))?;
-            admin::add_user(s, &name, role, &villages)
+            admin::add_user(s, &name, role, &parse_villages(&villages)?)
         }),
+        Command::User(UserCommand::Set {
+            name,
+            role,
+            villages,
+            store,
+        }) => operate(&store, |s, _| {
+            admin::set_user(s, &name, role, &parse_villages(&villages)?)
+        }),
+        Command::User(UserCommand::Remove { name, store }) => {
+            operate(&store, |s, _| admin::remove_user(s, &name))
+        }
         Command::User(UserCommand::List { store }) => operate(&store, |s, _| admin::list_users(s)),
+        Command::Device(DeviceCommand::List { user, store }) => {
+            operate(&store, |s, _| admin::list_devices(s, user.as_deref()))
+        }
         Command::Device(DeviceCommand::Add { user, store }) => operate(&store, |s, _| {
             let mut secret = [0u8; 32];
             getrandom::fill(&mut secret).map_err(|e| {
@@ -61,6 +83,14 @@ fn main() -> ExitCode {
             admin::verify_audit(s, &key, Some(&anchor))
         }),
     }
+}
+
+fn parse_villages(villages: &[String]) -> Result<Vec<sync_core::VillageCode>, admin::AdminError> {
+    villages
+        .iter()
+        .map(|v| sync_core::VillageCode::parse(v))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| admin::AdminError::Invalid(e.to_string()))
 }
 
 /// Run an operator command on the database of `args`; print its outcome.

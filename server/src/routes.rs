@@ -8,7 +8,7 @@ use serde_json::json;
 use serde_json::value::RawValue;
 use sync_core::{DistrictCode, Edit, FieldPath, ReportKind, Role, VillageCode};
 
-use crate::audit::{Action, AuditEvent};
+use crate::audit::{Action, AuditEvent, Who};
 use crate::auth::{Caller, Principal};
 use crate::engine::Engine;
 use crate::error::ApiError;
@@ -40,15 +40,48 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/api/v1/schemas/{kind}", web::get().to(schema))
         .route("/api/v1/audit", web::get().to(audit_log))
         .route("/api/v1/me", web::get().to(me))
-        .route("/ws", web::get().to(crate::ws::route));
+        .route("/ws", web::get().to(crate::ws::route))
+        .default_service(web::to(no_route));
 }
 
-async fn healthz(engine: web::Data<Engine>) -> Result<HttpResponse, ApiError> {
-    let store = engine.store().clone();
-    let seq = web::block(move || store.last_seq())
-        .await?
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(HttpResponse::Ok().json(json!({"status": "ok", "seq": seq})))
+/// Every path without a route (a typo, a trailing slash, an id too long for any route) gets the
+/// API's JSON error, not an empty body.
+async fn no_route(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let path = sync_core::rules::clip(req.path().to_owned(), 80);
+    Err(ApiError::NotFound(format!(
+        "no such endpoint: {} {path}",
+        req.method()
+    )))
+}
+
+/// How long `/healthz` waits for the writer thread to answer.
+const HEALTH_PROBE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `GET /healthz`: 200 when the store answers and the writer thread takes work; 503 otherwise
+/// (a load balancer then stops sending writes here, and monitoring alerts).
+async fn healthz(engine: web::Data<Engine>) -> HttpResponse {
+    let engine = engine.into_inner();
+    let checked = web::block(move || {
+        let seq = engine
+            .store()
+            .last_seq()
+            .map_err(|e| format!("the store does not answer: {e}"))?;
+        engine
+            .probe(HEALTH_PROBE)
+            .map_err(|e| format!("ingestion cannot proceed: {e}"))?;
+        Ok::<u64, String>(seq)
+    })
+    .await;
+    match checked {
+        Ok(Ok(seq)) => HttpResponse::Ok().json(json!({"status": "ok", "seq": seq})),
+        Ok(Err(detail)) => unhealthy(detail),
+        Err(e) => unhealthy(format!("worker pool: {e}")),
+    }
+}
+
+fn unhealthy(detail: String) -> HttpResponse {
+    tracing::error!(%detail, "unhealthy");
+    HttpResponse::ServiceUnavailable().json(json!({"status": "unhealthy", "detail": detail}))
 }
 
 async fn sync(
@@ -79,7 +112,7 @@ async fn sync(
             caller.role()
         )));
     }
-    let answer = web::block(move || engine.sync(&body, &caller)).await??;
+    let answer = web::block(move || engine.sync(&body, &caller.0)).await??;
     Ok(HttpResponse::Ok()
         .content_type("application/octet-stream")
         .body(answer))
@@ -94,6 +127,16 @@ struct ListParams {
     updated_since: Option<String>,
     cursor: Option<String>,
     limit: Option<usize>,
+}
+
+/// A page size from `limit`: 1 to 500, [`LIST_DEFAULT`] when absent. Anything else is a 400,
+/// not silently another page size.
+fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(LIST_DEFAULT),
+        Some(n) if (1..=LIST_MAX).contains(&n) => Ok(n),
+        Some(n) => Err(bad(format!("limit must be 1 to {LIST_MAX}, not {n}"))),
+    }
 }
 
 fn bad(e: impl std::fmt::Display) -> ApiError {
@@ -143,7 +186,7 @@ async fn audit(
     action: Action,
 ) -> Result<(), ApiError> {
     let engine = engine.clone();
-    let event = AuditEvent::now(caller.who(), action);
+    let event = AuditEvent::at(engine.now(), Who::from(caller), action);
     Ok(web::block(move || engine.audit(vec![event])).await??)
 }
 
@@ -231,7 +274,7 @@ async fn list_reports(
 ) -> Result<HttpResponse, ApiError> {
     require_reader(&caller)?;
     let p = params.into_inner();
-    let query = p.query(p.limit.unwrap_or(LIST_DEFAULT).clamp(1, LIST_MAX) + 1)?;
+    let query = p.query(page_limit(p.limit)? + 1)?;
     let store = engine.store().clone();
     let (q, who) = (query.clone(), caller.clone());
     let mut rows = web::block(move || scoped_query(store.as_ref(), &who, &q)).await??;
@@ -383,10 +426,6 @@ struct Patch {
     note: Option<String>,
 }
 
-/// The actor generation of edits made through the API: the coordinator's device writes with it, so
-/// API edits and the same device's own syncs never share an actor (and so never a sequence number).
-pub const API_GENERATION: u32 = u32::MAX;
-
 async fn patch_report(
     caller: Caller,
     engine: web::Data<Engine>,
@@ -402,7 +441,7 @@ async fn patch_report(
     }
     let id = parse_id(&path)?;
     let patch = body.into_inner();
-    let now = crate::engine::now_ms();
+    let now = engine.now();
     let mut edits = Vec::new();
     if let Some(status) = patch.status {
         edits.push(Edit::Set {
@@ -424,13 +463,16 @@ async fn patch_report(
     if edits.is_empty() {
         return Err(bad("nothing to change: give \"status\" and/or \"note\""));
     }
+    // The coordinator's device under the reserved API generation: API edits and the device's
+    // own syncs never share an actor, and no upload can pass for an API edit.
     let writer = sync_core::Writer {
-        actor: caller.device.actor(API_GENERATION),
+        actor: caller.device.actor(sync_core::rules::API_GENERATION),
         role: Role::Coordinator,
         time: now / 1000,
     };
+    let nonce = *uuid::Uuid::new_v4().as_bytes();
     let engine = engine.into_inner();
-    let changed = web::block(move || engine.edit(id, &edits, &writer, &caller)).await??;
+    let changed = web::block(move || engine.edit(id, &edits, &writer, &caller.0, nonce)).await??;
     Ok(HttpResponse::Ok().json(json!({
         "id": id.to_string(),
         "change": changed.map(|h| h.to_string()),
@@ -510,7 +552,7 @@ async fn audit_log(
         )));
     }
     let after = params.after.unwrap_or(0);
-    let limit = params.limit.unwrap_or(LIST_DEFAULT).clamp(1, LIST_MAX);
+    let limit = page_limit(params.limit)?;
     let store = engine.store().clone();
     let entries = web::block(move || store.audit_entries(after, limit))
         .await?

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use actix_web::dev::Server;
 use actix_web::{middleware, web, App, HttpServer};
 
-use crate::auth::Directory;
+use crate::auth::{Directory, FailedAuth};
 use std::path::PathBuf;
 
 use crate::audit::AuditKey;
 use crate::config::{Settings, StoreArgs};
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineOptions};
 use crate::keys;
 use crate::limit::{self, RateLimiter};
 use crate::routes::{self, Limits};
@@ -56,7 +56,7 @@ pub enum StartError {
 /// Open (creating if needed) the encrypted database of `args`, with its audit trail sealed by the
 /// key derived from the master key and anchored outside the data directory.
 pub fn open_store(args: &StoreArgs) -> Result<(SqliteStore, PathBuf), StartError> {
-    std::fs::create_dir_all(&args.data).map_err(|e| {
+    private_dir(&args.data).map_err(|e| {
         StartError::Config(format!(
             "creating data directory {}: {e}",
             args.data.display()
@@ -67,6 +67,8 @@ pub fn open_store(args: &StoreArgs) -> Result<(SqliteStore, PathBuf), StartError
     tracing::info!(key = %origin, "database key");
     let anchor = anchor_path(args)?;
     let db = args.data.join("desa.sqlite3");
+    private_files(&db)
+        .map_err(|e| StartError::Config(format!("making {} private: {e}", db.display())))?;
     let encryption = Encryption::Key(master.subkey(keys::SQLCIPHER_LABEL));
     let store = SqliteStore::open(&db, encryption)
         .map_err(|source| match source {
@@ -81,7 +83,54 @@ pub fn open_store(args: &StoreArgs) -> Result<(SqliteStore, PathBuf), StartError
             AuditKey::new(master.subkey(keys::AUDIT_LABEL)),
             Some(anchor),
         );
+    // Again after opening: an upgrade may have written the file anew.
+    private_files(&db)
+        .map_err(|e| StartError::Config(format!("making {} private: {e}", db.display())))?;
     Ok((store, db))
+}
+
+/// The data directory, created (or tightened) to 0700 whatever the umask: it holds victims'
+/// names.
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+    if mode != 0o700 {
+        tracing::warn!(dir = %dir.display(), mode = format!("{mode:o}"), "data directory was readable by others; now 0700");
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// The database and SQLite's files beside it, 0600 whatever the umask. A new database file is
+/// created empty with that mode first: SQLite gives its WAL and shared-memory files the mode of
+/// the database.
+fn private_files(db: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if !db.exists() {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(db)?;
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        let path = PathBuf::from(name);
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.permissions().mode() & 0o777 != 0o600 => {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn anchor_path(args: &StoreArgs) -> Result<PathBuf, StartError> {
@@ -103,11 +152,17 @@ pub fn audit_key(args: &StoreArgs) -> Result<(AuditKey, PathBuf), StartError> {
 /// How often the users and devices are re-read (a revocation takes effect within this).
 const DIRECTORY_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// Blocking threads per HTTP worker. A sync waiting for the group commit holds one, so this also
+/// bounds how many syncs one worker can have in a commit at once (the commit takes up to 64).
+const BLOCKING_THREADS: usize = 32;
+
 /// A built, not yet running, server.
 pub struct Application {
     port: u16,
     tls: bool,
     server: Server,
+    /// Failed authentications not yet audited, and where to write them at shutdown.
+    failures: (Arc<FailedAuth>, Arc<dyn crate::store::Store>),
 }
 
 impl Application {
@@ -148,9 +203,24 @@ impl Application {
         }
         crate::auth::watch(directory.clone(), DIRECTORY_POLL)
             .map_err(|e| StartError::Config(format!("starting the directory watcher: {e}")))?;
-        let engine = Engine::new(store, settings.cache_reports)
-            .map_err(|e| StartError::Config(format!("starting the writer thread: {e}")))?
-            .with_page_reports(usize::from(settings.page_reports));
+        let failures = Arc::new(FailedAuth::new(
+            settings.auth_fail_rate,
+            settings.auth_fail_burst,
+            settings.trusted_proxies.clone(),
+        ));
+        crate::auth::failures::flush_every(
+            failures.clone(),
+            store.clone(),
+            std::time::Duration::from_secs(settings.auth_audit_interval),
+        )
+        .map_err(|e| StartError::Config(format!("starting the failure auditor: {e}")))?;
+        let options = EngineOptions {
+            cache_reports: settings.cache_reports,
+            page_reports: usize::from(settings.page_reports),
+            ..EngineOptions::default()
+        };
+        let engine = Engine::new(store.clone(), directory.clone(), options)
+            .map_err(|e| StartError::Config(format!("starting the writer thread: {e}")))?;
         let created = engine.seed_village_profiles()?;
         if created > 0 {
             tracing::info!(created, "created village profiles");
@@ -170,7 +240,16 @@ impl Application {
         let directory = web::Data::from(directory);
         // The server's automerge-repo storage id: new at each start (peers then re-check what they
         // share with it once, rather than trust state from a server that may have been restored).
-        let hub = web::Data::new(crate::ws::Hub::new(uuid::Uuid::new_v4().to_string()));
+        let hub = web::Data::new(crate::ws::Hub::new(
+            uuid::Uuid::new_v4().to_string(),
+            crate::ws::WsLimits {
+                per_device: settings.ws_per_device,
+                total: settings.ws_total,
+                ping: std::time::Duration::from_secs(settings.ws_ping),
+                idle: std::time::Duration::from_secs(settings.ws_idle),
+            },
+        ));
+        let failures_data = web::Data::from(failures.clone());
         let limits = web::Data::new(Limits {
             max_body: settings.max_body,
             max_message: settings.max_message,
@@ -194,6 +273,7 @@ impl Application {
                 .app_data(directory.clone())
                 .app_data(limits.clone())
                 .app_data(rate_limiter.clone())
+                .app_data(failures_data.clone())
                 .app_data(
                     web::JsonConfig::default()
                         .limit(json_limit)
@@ -214,11 +294,16 @@ impl Application {
         if let Some(workers) = settings.workers {
             server = server.workers(workers);
         }
+        // Blocking work (the store, automerge, waiting for the group commit) runs on a bounded
+        // pool per worker: hundreds of connections must not mean hundreds of threads (each with
+        // its own allocator heap).
+        server = server.worker_max_blocking_threads(BLOCKING_THREADS);
         tracing::info!(addr = %settings.bind, port, tls = tls_on, db = %db.display(), "desa-server listening");
         Ok(Application {
             port,
             tls: tls_on,
             server: server.run(),
+            failures: (failures, store),
         })
     }
 
@@ -238,6 +323,9 @@ impl Application {
 
     /// Serve until SIGINT/SIGTERM.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let outcome = self.server.await;
+        let (failures, store) = self.failures;
+        crate::auth::failures::flush(&failures, store.as_ref());
+        outcome
     }
 }

@@ -71,9 +71,16 @@ impl<'a> ReportItem<'a> {
 pub struct HistoryEntry {
     /// Change hash (hex).
     pub change: String,
-    /// The device that wrote it, if its actor follows the device convention.
+    /// The authenticated device that uploaded it, as the server recorded it (`None` for changes
+    /// stored before uploaders were recorded: see `recorded`).
     pub device: Option<DeviceId>,
-    /// The automerge actor (hex).
+    /// The person whose device uploaded it.
+    pub user: Option<String>,
+    /// Whether the server recorded who uploaded this change (`false`: stored by a version that
+    /// did not; `actor` is then the only, unverified, trace of its author).
+    pub recorded: bool,
+    /// The automerge actor (hex) the change names — the uploader's claim, checked since uploaders
+    /// are recorded.
     pub actor: String,
     /// The writer's clock (change timestamp, seconds), RFC 3339.
     pub device_time: String,
@@ -138,10 +145,13 @@ pub fn history(doc: &Automerge, receipts: &[ChangeReceipt]) -> Vec<HistoryEntry>
         .map(|change| {
             let hash = change.hash();
             let receipt = received.get(&hash.0);
+            let uploader = receipt.and_then(|r| r.uploader.as_ref());
             let actor = change.actor_id();
             HistoryEntry {
                 change: hash.to_string(),
-                device: DeviceId::from_actor(actor).map(|(d, _)| d),
+                device: uploader.map(|u| u.device),
+                user: uploader.map(|u| u.user.clone()),
+                recorded: uploader.is_some(),
                 actor: actor.to_hex_string(),
                 device_time: rfc3339_ms(change.timestamp().saturating_mul(1000)),
                 received_at: receipt.map(|r| rfc3339_ms(r.received_at)),

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+mod common;
+
 use desa_server::audit::AuditKey;
 use desa_server::engine::Engine;
 use desa_server::store::sqlite::{Encryption, SqliteStore};
@@ -51,9 +53,7 @@ fn ingest_incident(engine: &Engine, n: u8) -> ReportId {
         )
         .unwrap();
     loop {
-        let answer = engine
-            .sync(&device.request(), &desa_server::auth::Principal::server())
-            .unwrap();
+        let answer = engine.sync(&device.request(), &common::siti_on(n)).unwrap();
         if !device.handle_response(&answer).unwrap() {
             break;
         }
@@ -63,7 +63,23 @@ fn ingest_incident(engine: &Engine, n: u8) -> ReportId {
 
 /// An engine over `store`, with the village profiles.
 fn engine(store: &Arc<SqliteStore>) -> Engine {
-    let engine = Engine::new(store.clone(), 64).unwrap();
+    common::enrol(
+        store.as_ref(),
+        "siti",
+        sync_core::Role::Volunteer,
+        &[village()],
+        &[1, 2, 3, 4, 5],
+    );
+    let directory = Arc::new(desa_server::auth::Directory::load(store.clone()).unwrap());
+    let engine = Engine::new(
+        store.clone(),
+        directory,
+        desa_server::engine::EngineOptions {
+            cache_reports: 64,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     engine.seed_village_profiles().unwrap();
     engine
 }

@@ -5,42 +5,42 @@
 use std::path::Path;
 use std::sync::Arc;
 
+mod common;
+
 use desa_server::audit::AuditKey;
-use desa_server::auth::Principal;
-use desa_server::engine::Engine;
+use desa_server::auth::{Directory, Principal};
+use desa_server::engine::{Engine, EngineOptions};
 use desa_server::store::sqlite::{Encryption, SqliteStore};
+use desa_server::store::Store;
 use serde_json::json;
 use sync_core::sim::MemoryDevice;
 use sync_core::{DeviceId, Edit, FieldPath, ReportId, ReportKind, Role, VillageCode, Writer};
 
+/// An engine over a fresh (or existing) database in `dir`, whose directory has Siti, a
+/// volunteer of the test village with devices 1 to 3 and 0x51, and the office, a coordinator with
+/// device 0xC0.
 fn engine(dir: &Path) -> Engine {
+    engine_with(dir, EngineOptions::default())
+}
+
+fn engine_with(dir: &Path, options: EngineOptions) -> Engine {
     let store = SqliteStore::open(&dir.join("db.sqlite3"), Encryption::Key([3; 32]))
         .unwrap()
         .with_audit(AuditKey::new([1; 32]), None);
-    let engine = Engine::new(Arc::new(store), 64).unwrap();
+    let store: Arc<dyn Store> = Arc::new(store);
+    common::office(store.as_ref());
+    let directory = Arc::new(Directory::load(store.clone()).unwrap());
+    let engine = Engine::new(store, directory, options).unwrap();
     engine.seed_village_profiles().unwrap();
     engine
 }
 
-/// A volunteer of the test village.
-fn volunteer() -> Principal {
-    Principal {
-        user: "siti".into(),
-        device: DeviceId::from_bytes([0x51; 16]),
-        access: sync_core::Access::in_villages(Role::Volunteer, [village()]),
-    }
-}
-
-fn coordinator_principal() -> Principal {
-    Principal {
-        user: "office".into(),
-        device: DeviceId::from_bytes([0xC0; 16]),
-        access: sync_core::Access::everywhere(Role::Coordinator),
-    }
+fn volunteer() -> Arc<Principal> {
+    common::siti_on(0x51)
 }
 
 fn village() -> VillageCode {
-    VillageCode::parse("6302010001").unwrap()
+    common::village()
 }
 
 fn device(n: u8) -> MemoryDevice {
@@ -65,7 +65,8 @@ fn note(id: &str) -> Edit {
 fn sync(d: &mut MemoryDevice, e: &Engine) -> usize {
     let mut trips = 0;
     loop {
-        let answer = e.sync(&d.request(), &volunteer()).unwrap();
+        let principal = common::siti_on(d.id().as_bytes()[0]);
+        let answer = e.sync(&d.request(), &principal).unwrap();
         trips += 1;
         if !d.handle_response(&answer).unwrap() {
             return trips;
@@ -192,7 +193,8 @@ fn coordinator_edits_flow_to_devices_and_refusals_recover() {
             id,
             &[set("status", json!("referred"))],
             &coordinator,
-            &coordinator_principal()
+            &common::coordinator(),
+            [1; 16]
         )
         .unwrap()
         .is_some());
@@ -201,7 +203,8 @@ fn coordinator_edits_flow_to_devices_and_refusals_recover() {
             id,
             &[set("status", json!("referred"))],
             &coordinator,
-            &coordinator_principal()
+            &common::coordinator(),
+            [1; 16]
         )
         .unwrap()
         .is_none(),
@@ -255,4 +258,248 @@ fn bad_requests_change_nothing() {
     let err = e.sync(&request.encode(), &volunteer()).unwrap_err();
     assert!(err.to_string().contains("unknown village"), "{err}");
     assert_eq!(e.store().last_seq().unwrap(), seq);
+}
+
+/// One upload over the sync path as `principal`: the verdicts and the answer.
+fn upload(
+    e: &Engine,
+    principal: &Arc<Principal>,
+    report: ReportId,
+    changes: &[sync_core::automerge::Change],
+) -> sync_core::protocol::SyncResponse {
+    use sync_core::protocol::{Bytes, SyncRequest, SyncResponse, Upload};
+    let request = SyncRequest {
+        device: principal.device,
+        positions: Vec::new(),
+        uploads: vec![Upload {
+            report,
+            changes: changes
+                .iter()
+                .map(|c| Bytes(c.raw_bytes().to_vec()))
+                .collect(),
+        }],
+    };
+    SyncResponse::decode(&e.sync(&request.encode(), principal).unwrap()).unwrap()
+}
+
+fn audit_records(e: &Engine) -> Vec<serde_json::Value> {
+    e.store()
+        .audit_entries(0, 10_000)
+        .unwrap()
+        .into_iter()
+        .map(|entry| serde_json::from_str(&entry.record).unwrap())
+        .collect()
+}
+
+/// A change `device` makes on top of `base`, setting `status` (which only coordinators may).
+fn status_change(
+    base: &sync_core::automerge::Automerge,
+    actor: sync_core::automerge::ActorId,
+    status: &str,
+) -> sync_core::automerge::Change {
+    use sync_core::automerge::transaction::{CommitOptions, Transactable};
+    let mut doc = base.clone();
+    doc.set_actor(actor);
+    let mut tx = doc.transaction();
+    tx.put(sync_core::automerge::ROOT, "status", status)
+        .unwrap();
+    tx.commit_with(CommitOptions::default().with_time(5));
+    doc.get_last_local_change().unwrap()
+}
+
+#[test]
+fn a_held_change_is_judged_with_its_uploaders_access_when_a_coordinator_completes_it() {
+    use sync_core::protocol::WireVerdict;
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    let mut a = device(1);
+    let id = new_incident(&mut a, "Escalation");
+    sync(&mut a, &e);
+    let base = a.report(&id).unwrap().into_doc();
+
+    // The coordinator's next change (not yet sent) and Siti's change on top of it, closing the
+    // report — which she may not do.
+    let decision = status_change(&base, DeviceId::from_bytes([0xC0; 16]).actor(0), "verified");
+    let mut after = base.clone();
+    after.apply_changes([decision.clone()]).unwrap();
+    let closing = status_change(&after, DeviceId::from_bytes([1; 16]).actor(0), "closed");
+    let answer = upload(&e, &common::siti_on(1), id, std::slice::from_ref(&closing));
+    assert!(matches!(answer.verdicts[0], WireVerdict::Held(_)));
+    let held = e.store().load(&id).unwrap().unwrap().held;
+    assert_eq!(held.len(), 1);
+    assert_eq!(
+        held[0].device,
+        DeviceId::from_bytes([1; 16]),
+        "kept with its uploader"
+    );
+
+    // The coordinator's own HTTP sync brings the missing change: it is accepted, and Siti's held
+    // change is judged as hers — refused, dropped, audited under her name.
+    let answer = upload(&e, &common::coordinator(), id, &[decision]);
+    assert_eq!(answer.verdicts, vec![WireVerdict::Accepted]);
+    assert_eq!(server_json(&e, &id)["status"], "verified");
+    assert!(e.store().load(&id).unwrap().unwrap().held.is_empty());
+    let records = audit_records(&e);
+    let dropped = records
+        .iter()
+        .find(|r| r["action"] == "held_dropped")
+        .expect("the drop is audited");
+    assert_eq!(dropped["who"]["user"], "siti");
+    assert!(dropped["changes"][0]
+        .as_str()
+        .unwrap()
+        .ends_with("status_not_permitted"));
+    let held_write = records
+        .iter()
+        .find(|r| r["action"] == "write" && r["held"].is_array())
+        .expect("the held upload is audited");
+    assert_eq!(held_write["who"]["user"], "siti");
+}
+
+#[test]
+fn a_revoked_devices_held_changes_are_dropped_never_applied() {
+    use sync_core::protocol::WireVerdict;
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    let mut a = device(1);
+    let id = new_incident(&mut a, "Lost phone");
+    sync(&mut a, &e);
+    let mut report = a.report(&id).unwrap();
+    let writer = |n: u8| Writer {
+        actor: DeviceId::from_bytes([n; 16]).actor(0),
+        role: Role::Volunteer,
+        time: 9,
+    };
+    let first = report
+        .edit(&[set("title", json!("one"))], &writer(2))
+        .unwrap()
+        .unwrap();
+    let second = report
+        .edit(&[set("risk", json!("high"))], &writer(2))
+        .unwrap()
+        .unwrap();
+    let answer = upload(&e, &common::siti_on(2), id, std::slice::from_ref(&second));
+    assert!(matches!(answer.verdicts[0], WireVerdict::Held(_)));
+
+    // Device 2 is revoked; later device 1 of the same person brings the missing change.
+    let audit = desa_server::audit::AuditEvent::at(
+        0,
+        desa_server::audit::Who {
+            user: "test".into(),
+            role: "admin".into(),
+            device: None,
+        },
+        desa_server::audit::Action::DeviceRevoke {
+            device: DeviceId::from_bytes([2; 16]).to_string(),
+        },
+    );
+    assert!(e
+        .store()
+        .revoke_device(DeviceId::from_bytes([2; 16]), 1, &audit)
+        .unwrap());
+    e.directory().refresh().unwrap();
+    let answer = upload(&e, &common::siti_on(1), id, &[first]);
+    assert_eq!(answer.verdicts, vec![WireVerdict::Accepted]);
+    assert_eq!(server_json(&e, &id)["title"], "one");
+    assert!(
+        server_json(&e, &id).get("risk").is_none(),
+        "the revoked device's held change is not applied"
+    );
+    assert!(e.store().load(&id).unwrap().unwrap().held.is_empty());
+    assert!(audit_records(&e)
+        .iter()
+        .any(|r| r["action"] == "held_dropped"
+            && r["changes"][0]
+                .as_str()
+                .unwrap()
+                .ends_with("uploader revoked or removed")));
+}
+
+/// A clock the test moves.
+struct TestClock(std::sync::atomic::AtomicI64);
+
+impl desa_server::engine::Clock for TestClock {
+    fn now(&self) -> i64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn held_changes_expire_and_history_names_who_uploaded_each_change() {
+    use sync_core::protocol::WireVerdict;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(TestClock(std::sync::atomic::AtomicI64::new(
+        1_800_000_000_000,
+    )));
+    let e = engine_with(
+        dir.path(),
+        EngineOptions {
+            clock: clock.clone(),
+            ..EngineOptions::default()
+        },
+    );
+    let mut a = device(1);
+    let id = new_incident(&mut a, "Waiting");
+    sync(&mut a, &e);
+    let mut report = a.report(&id).unwrap();
+    let writer = Writer {
+        actor: DeviceId::from_bytes([1; 16]).actor(0),
+        role: Role::Volunteer,
+        time: 9,
+    };
+    // Built on a change the server never receives.
+    let _never_sent = report
+        .edit(&[set("title", json!("one"))], &writer)
+        .unwrap()
+        .unwrap();
+    let waiting = report
+        .edit(&[set("risk", json!("high"))], &writer)
+        .unwrap()
+        .unwrap();
+    let answer = upload(&e, &common::siti_on(1), id, std::slice::from_ref(&waiting));
+    assert!(matches!(answer.verdicts[0], WireVerdict::Held(_)));
+
+    // Eight days on, the next write to the report drops it.
+    clock
+        .0
+        .fetch_add(8 * 24 * 3600 * 1000, std::sync::atomic::Ordering::SeqCst);
+    a.edit(id, &[note("later")]).unwrap();
+    sync(&mut a, &e);
+    assert!(e.store().load(&id).unwrap().unwrap().held.is_empty());
+    assert!(audit_records(&e)
+        .iter()
+        .any(|r| r["action"] == "held_dropped"));
+
+    // Every stored change names the device and person that uploaded it.
+    let receipts = e.store().change_receipts(&id).unwrap();
+    assert!(receipts.iter().all(|r| r
+        .uploader
+        .as_ref()
+        .is_some_and(|u| u.user == "siti" && u.device == DeviceId::from_bytes([1; 16]))));
+}
+
+#[test]
+fn a_change_that_panics_automerge_is_refused_and_ingestion_goes_on() {
+    use sync_core::protocol::WireVerdict;
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    let bytes = include_bytes!("../../fuzz/regressions/change/apply-panics-in-op-set-batch");
+    let Ok(hostile) = sync_core::automerge::Change::from_bytes(bytes.to_vec()) else {
+        return;
+    };
+    let seq = e.store().last_seq().unwrap();
+    let answer = upload(
+        &e,
+        &common::siti_on(1),
+        ReportId::from_random([0x66; 16]),
+        &[hostile],
+    );
+    assert!(matches!(answer.verdicts[0], WireVerdict::Refused(_)));
+    assert_eq!(e.store().last_seq().unwrap(), seq, "nothing stored");
+    // The writer goes on: the next sync and the health probe work.
+    e.probe(std::time::Duration::from_secs(5)).unwrap();
+    let mut a = device(1);
+    let id = new_incident(&mut a, "After the attack");
+    sync(&mut a, &e);
+    assert_eq!(server_json(&e, &id)["title"], "After the attack");
 }

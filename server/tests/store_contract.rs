@@ -5,7 +5,8 @@ use desa_server::audit::{self, Action, AuditEvent, AuditKey, Who};
 use desa_server::store::memory::{MemoryStore, MEMORY_AUDIT_KEY};
 use desa_server::store::sqlite::{Encryption, SqliteStore};
 use desa_server::store::{
-    Commit, DeviceRecord, ReportQuery, ReportRow, ReportWrite, Store, StoreError, UserRecord,
+    ActorBinding, Commit, DeviceRecord, HeldRow, ReportQuery, ReportRow, ReportWrite, Store,
+    StoreError, StoredChange, Uploader, UserRecord,
 };
 use sync_core::protocol::server::Receipt;
 use sync_core::protocol::{PageMark, Position};
@@ -56,7 +57,11 @@ fn write(
 ) -> ReportWrite {
     ReportWrite {
         row: row(n, village_code, status),
-        changes: vec![([change; 32], vec![change; 10])],
+        changes: vec![StoredChange {
+            hash: [change; 32],
+            bytes: vec![change; 10],
+            uploader: uploader(),
+        }],
         snapshot,
         receipts: vec![Receipt {
             seq: 0,
@@ -66,13 +71,28 @@ fn write(
     }
 }
 
+fn uploader() -> Uploader {
+    Uploader {
+        device: DeviceId::from_bytes([4; 16]),
+        user: "siti".into(),
+    }
+}
+
 fn commit(seq: u64, at: i64, writes: Vec<ReportWrite>) -> Commit {
     Commit {
         seq,
         received_at: at,
         writes,
-        held: vec![],
-        audit: vec![],
+        ..Commit::default()
+    }
+}
+
+fn held_row(n: u8, device: u8, since: i64) -> HeldRow {
+    HeldRow {
+        hash: [n; 32],
+        bytes: vec![n; usize::from(n)],
+        device: DeviceId::from_bytes([device; 16]),
+        since,
     }
 }
 
@@ -229,21 +249,20 @@ fn held_changes_are_kept_even_without_a_report() {
         let held = Commit {
             seq: 99,
             received_at: 5,
-            writes: vec![],
-            held: vec![(id(7), vec![vec![7, 7], vec![8]])],
-            audit: vec![],
+            held: vec![(id(7), vec![held_row(7, 1, 5), held_row(8, 2, 5)])],
+            ..Commit::default()
         };
         s.commit(&held).unwrap();
         assert_eq!(s.last_seq().unwrap(), 0, "held changes do not take a seq");
         let doc = s.load(&id(7)).unwrap().unwrap();
-        assert_eq!(doc.held, vec![vec![7, 7], vec![8]]);
+        assert_eq!(doc.held, vec![held_row(7, 1, 5), held_row(8, 2, 5)]);
         assert!(s.row(&id(7)).unwrap().is_none());
         let clear = Commit {
             seq: 1,
             received_at: 6,
             writes: vec![write(7, "6302010001", "new", 7, Some(vec![1]))],
             held: vec![(id(7), vec![])],
-            audit: vec![],
+            ..Commit::default()
         };
         s.commit(&clear).unwrap();
         let doc = s.load(&id(7)).unwrap().unwrap();
@@ -483,6 +502,7 @@ fn users_and_devices_are_kept_and_every_change_moves_the_version_and_is_audited(
             role: Role::Volunteer,
             villages: vec![village("6302010001"), village("6302010002")],
             created_at: 1,
+            removed_at: None,
         };
         s.add_user(&siti, &event(1)).unwrap();
         assert!(matches!(
@@ -550,5 +570,141 @@ fn the_audit_trail_is_one_chain_across_commits_and_appends() {
             audit::verify(&AuditKey::new(MEMORY_AUDIT_KEY), entries, None),
             Ok(4)
         );
+    });
+}
+
+#[test]
+fn held_changes_are_counted_per_device_and_found_by_age() {
+    each_store(|s| {
+        let held = Commit {
+            held: vec![
+                (id(1), vec![held_row(3, 1, 100), held_row(5, 2, 900)]),
+                (id(2), vec![held_row(7, 1, 950)]),
+            ],
+            ..Commit::default()
+        };
+        s.commit(&held).unwrap();
+        let (one, two, three) = (
+            DeviceId::from_bytes([1; 16]),
+            DeviceId::from_bytes([2; 16]),
+            DeviceId::from_bytes([3; 16]),
+        );
+        let usage = s.held_usage(&[one, two, three]).unwrap();
+        assert_eq!(usage[&one], (2, 3 + 7));
+        assert_eq!(usage[&two], (1, 5));
+        assert_eq!(usage.get(&three).copied().unwrap_or_default(), (0, 0));
+        assert_eq!(s.reports_with_held_before(200, 10).unwrap(), vec![id(1)]);
+        let mut both = s.reports_with_held_before(1000, 10).unwrap();
+        both.sort();
+        assert_eq!(both, vec![id(1), id(2)]);
+        assert_eq!(
+            s.reports_with_held_before(1000, 1).unwrap().len(),
+            1,
+            "bounded"
+        );
+    });
+}
+
+#[test]
+fn who_uploaded_each_change_is_kept_and_an_actor_is_bound_once() {
+    each_store(|s| {
+        s.commit(&commit(
+            1,
+            10,
+            vec![write(1, "6302010001", "new", 1, Some(vec![1]))],
+        ))
+        .unwrap();
+        let receipts = s.change_receipts(&id(1)).unwrap();
+        assert_eq!(receipts[0].uploader, Some(uploader()));
+
+        let bind = |actor: u8, user: &str| ActorBinding {
+            actor: vec![actor; 16],
+            user: user.into(),
+            device: DeviceId::from_bytes([actor; 16]),
+            at: 1,
+        };
+        let first = Commit {
+            bindings: vec![bind(9, "ani")],
+            ..Commit::default()
+        };
+        s.commit(&first).unwrap();
+        let again = Commit {
+            bindings: vec![bind(9, "budi"), bind(8, "budi")],
+            ..Commit::default()
+        };
+        s.commit(&again).unwrap();
+        let owners = s
+            .actor_owners(&[vec![9; 16], vec![8; 16], vec![7; 16]])
+            .unwrap();
+        assert_eq!(
+            owners.get(&vec![9u8; 16]).map(String::as_str),
+            Some("ani"),
+            "the first binding stands"
+        );
+        assert_eq!(owners.get(&vec![8u8; 16]).map(String::as_str), Some("budi"));
+        assert!(!owners.contains_key(&vec![7u8; 16]));
+    });
+}
+
+#[test]
+fn a_user_is_changed_and_removed_with_their_devices_and_audited() {
+    each_store(|s| {
+        let ani = UserRecord {
+            name: "ani".into(),
+            role: Role::Volunteer,
+            villages: vec![village("6302010001")],
+            created_at: 1,
+            removed_at: None,
+        };
+        s.add_user(&ani, &event(1)).unwrap();
+        let phone = DeviceRecord {
+            id: DeviceId::from_bytes([4; 16]),
+            user: "ani".into(),
+            verifier: Verifier([9; 32]),
+            created_at: 2,
+            revoked_at: None,
+        };
+        s.add_device(&phone, &event(2)).unwrap();
+        let v0 = s.directory_version().unwrap();
+        assert!(s
+            .update_user("ani", Role::Volunteer, &[village("6302010002")], &event(3))
+            .unwrap());
+        assert_eq!(s.users().unwrap()[0].villages, vec![village("6302010002")]);
+        let v1 = s.directory_version().unwrap();
+        assert!(v1 > v0);
+        assert!(!s
+            .update_user("nobody", Role::Coordinator, &[], &event(4))
+            .unwrap());
+        assert!(s.remove_user("ani", 9, &event(5)).unwrap());
+        assert!(
+            !s.remove_user("ani", 10, &event(6)).unwrap(),
+            "already removed"
+        );
+        assert_eq!(s.users().unwrap()[0].removed_at, Some(9));
+        assert_eq!(
+            s.devices().unwrap()[0].revoked_at,
+            Some(9),
+            "their devices go too"
+        );
+        assert!(s.directory_version().unwrap() > v1);
+        assert!(
+            !s.update_user("ani", Role::Coordinator, &[], &event(7))
+                .unwrap(),
+            "a removed user stays removed"
+        );
+        assert!(
+            matches!(s.add_user(&ani, &event(8)), Err(StoreError::Conflict(_))),
+            "the name is not reused"
+        );
+        let another = DeviceRecord {
+            id: DeviceId::from_bytes([5; 16]),
+            ..phone
+        };
+        assert!(matches!(
+            s.add_device(&another, &event(9)),
+            Err(StoreError::Conflict(_))
+        ));
+        let entries = s.audit_entries(0, 100).unwrap();
+        assert_eq!(entries.len(), 4, "add, device, update, remove");
     });
 }

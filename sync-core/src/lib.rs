@@ -25,6 +25,7 @@
 pub mod edit;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod guard;
 mod ids;
 pub mod kind;
 pub mod path;
@@ -44,6 +45,6 @@ pub use ids::{DeviceId, IdError, ReportId, SERVER_DEVICE, URL_PREFIX};
 pub use kind::ReportKind;
 pub use path::FieldPath;
 pub use report::{NewReport, Report, ReportError, Writer};
-pub use rules::{Access, Refusal, RefusalCode, Role, Verdict};
+pub use rules::{Access, Principal, Refusal, RefusalCode, Role, Verdict};
 pub use token::{DeviceToken, TokenError, Verifier, TOKEN_PREFIX};
 pub use village::{all_villages, DistrictCode, Village, VillageCode, VillageError};

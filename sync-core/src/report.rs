@@ -162,20 +162,36 @@ impl Report {
 
     /// Load saved bytes (`save()` output, or concatenated changes).
     pub fn load(id: ReportId, bytes: &[u8]) -> Result<Report, ReportError> {
-        let doc = Automerge::load(bytes).map_err(|e| ReportError::NotAReport(e.to_string()))?;
+        let doc = crate::guard::load(bytes).map_err(|e| ReportError::NotAReport(e.to_string()))?;
         Report::from_doc(id, doc)
     }
 
     /// Apply edits as one change, if the result passes the admission rules; otherwise nothing
     /// changes. `Ok(None)` when the edits change nothing (writing the same value again).
     pub fn edit(&mut self, edits: &[Edit], writer: &Writer) -> Result<Option<Change>, ReportError> {
+        self.edit_with_message(edits, writer, None)
+    }
+
+    /// [`Report::edit`], with a message recorded in the change. The message is part of the
+    /// change's hash: the server writes a random one into the changes it makes for people through
+    /// the API, so that nobody can predict their hashes and pre-build changes on top of them.
+    pub fn edit_with_message(
+        &mut self,
+        edits: &[Edit],
+        writer: &Writer,
+        message: Option<String>,
+    ) -> Result<Option<Change>, ReportError> {
         let mut trial = self.doc.clone();
         trial.set_actor(writer.actor.clone());
         let mut tx = trial.transaction();
         for e in edits {
             edit::apply(&mut tx, e)?;
         }
-        let (hash, _) = tx.commit_with(CommitOptions::default().with_time(writer.time));
+        let mut options = CommitOptions::default().with_time(writer.time);
+        if let Some(message) = message {
+            options = options.with_message(message);
+        }
+        let (hash, _) = tx.commit_with(options);
         if hash.is_none() {
             return Ok(None);
         }

@@ -4,14 +4,17 @@
 //! and property tests (and the benchmark) exercise the real wire format over a simulated network.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
-use automerge::{Automerge, Change, ChangeHash};
+use automerge::{ActorId, Automerge, Change, ChangeHash};
 
 use crate::protocol::absorb::{absorb, DeviceStore, RecordedRefusal};
 use crate::protocol::device::{DeviceSync, UPLOAD_BYTES};
 use crate::protocol::server::{self as steps, FeedBuilder, Receipt};
-use crate::protocol::{Rebuild, Scope, SyncRequest, SyncResponse, WireError};
-use crate::rules::{self, Role, Verdict};
+use crate::protocol::{Scope, SyncRequest, SyncResponse, WireError};
+use crate::rules::{
+    self, Access, Actors, HeldBudget, Origin, Principal, Role, Submission, Verdict,
+};
 use crate::{
     DeviceId, Edit, NewReport, Report, ReportError, ReportId, ReportKind, VillageCode, Writer,
 };
@@ -85,11 +88,43 @@ pub enum ServerError {
 #[derive(Debug, Default)]
 pub struct MemoryServer {
     reports: BTreeMap<ReportId, StoredReport>,
-    held: BTreeMap<ReportId, Vec<Change>>,
+    held: BTreeMap<ReportId, Vec<Submission>>,
     seq: u64,
     clock_ms: i64,
     /// Page size of feeds (small values exercise paging).
     pub page_limit: Option<usize>,
+    /// Who owns what: each device that syncs is a person of its own (the simulated network has no
+    /// accounts) unless [`MemoryServer::one_person`] says otherwise, and actors bound to their
+    /// first uploader.
+    book: Book,
+    budget: HeldBudget,
+    person: Option<String>,
+}
+
+/// The simulator's directory: devices (each its own person) and bound actors.
+#[derive(Debug, Default)]
+struct Book {
+    devices: HashMap<DeviceId, String>,
+    bound: HashMap<ActorId, String>,
+}
+
+impl Actors for Book {
+    fn device_owner(&self, device: DeviceId) -> Option<String> {
+        self.devices.get(&device).cloned()
+    }
+
+    fn actor_owner(&self, actor: &ActorId) -> Option<String> {
+        self.bound.get(actor).cloned()
+    }
+}
+
+/// The principal the simulator gives a device: a volunteer of every village, its own person.
+pub fn device_principal(device: DeviceId) -> Principal {
+    Principal {
+        user: device.to_string(),
+        device,
+        access: Access::everywhere(Role::Volunteer),
+    }
 }
 
 impl MemoryServer {
@@ -102,12 +137,20 @@ impl MemoryServer {
     /// first start.
     pub fn with_village_profiles(villages: &[VillageCode]) -> Self {
         let mut server = Self::new();
+        let principal = Arc::new(Principal::server());
         for v in villages {
             if let Ok((report, change)) = Report::village_profile(*v) {
-                server.ingest(report.id(), vec![change], Role::Server);
+                server.ingest(report.id(), vec![change], &principal, Origin::Server);
             }
         }
         server
+    }
+
+    /// Every device that syncs is a device of one person, `user` (a shell standing in for one
+    /// volunteer's phones: a re-tokened phone keeps its actor).
+    pub fn one_person(mut self, user: &str) -> Self {
+        self.person = Some(user.to_owned());
+        self
     }
 
     /// A stored report.
@@ -125,7 +168,8 @@ impl MemoryServer {
         &mut self,
         id: ReportId,
         changes: Vec<Change>,
-        role: Role,
+        by: &Arc<Principal>,
+        origin: Origin,
     ) -> HashMap<ChangeHash, Verdict> {
         self.clock_ms += 1;
         // Take the report out (no copy); it goes back below with the admitted state.
@@ -134,10 +178,24 @@ impl MemoryServer {
             .as_mut()
             .map(|s| std::mem::take(&mut s.doc))
             .unwrap_or_default();
+        // Held changes first: a resend never changes whose access judges a change.
         let mut all = self.held.remove(&id).unwrap_or_default();
-        let pending: HashSet<ChangeHash> = all.iter().map(Change::hash).collect();
-        all.extend(changes.into_iter().filter(|c| !pending.contains(&c.hash())));
-        let admission = rules::admit(&mut doc, id, all, &rules::Access::everywhere(role));
+        all.extend(changes.into_iter().map(|change| Submission {
+            change,
+            by: by.clone(),
+            origin,
+        }));
+        let mut judge = rules::Judge {
+            actors: &self.book,
+            held: &mut self.budget,
+            now: self.clock_ms,
+        };
+        let admission = rules::admit(&mut doc, id, all, &mut judge);
+        for binding in &admission.bindings {
+            self.book
+                .bound
+                .insert(binding.actor.clone(), binding.user.clone());
+        }
         if !admission.held.is_empty() {
             self.held.insert(id, admission.held.clone());
         }
@@ -189,7 +247,14 @@ impl MemoryServer {
         let Some(change) = report.edit(edits, writer)? else {
             return Ok(None);
         };
-        let verdicts = self.ingest(id, vec![change.clone()], writer.role);
+        let device =
+            DeviceId::from_actor(&writer.actor).map_or(crate::SERVER_DEVICE, |(device, _)| device);
+        let by = Arc::new(Principal {
+            user: "office".into(),
+            device,
+            access: Access::everywhere(writer.role),
+        });
+        let verdicts = self.ingest(id, vec![change.clone()], &by, Origin::Server);
         match verdicts.get(&change.hash()) {
             Some(Verdict::Accepted) => Ok(Some(change)),
             Some(Verdict::Refused(r)) => Err(ReportError::Refused(r.clone())),
@@ -201,23 +266,29 @@ impl MemoryServer {
     pub fn handle(&mut self, body: &[u8]) -> Result<Vec<u8>, ServerError> {
         let request = SyncRequest::decode(body)?;
         let plan = steps::plan(&request)?;
+        // The simulated network has no tokens: the request's device is taken at its word, a
+        // person of its own.
+        let mut principal = device_principal(request.device);
+        if let Some(user) = &self.person {
+            principal.user = user.clone();
+        }
+        let principal = Arc::new(principal);
+        self.book
+            .devices
+            .entry(request.device)
+            .or_insert_with(|| principal.user.clone());
         let mut judged = HashMap::new();
         for (id, changes) in plan.reports() {
-            let verdicts = self.ingest(*id, changes.clone(), Role::Volunteer);
+            let verdicts = self.ingest(*id, changes.clone(), &principal, Origin::Uploaded);
             judged.insert(*id, verdicts);
         }
         let verdicts = plan.verdicts(&judged);
         let rebuilds = judged
             .iter()
             .filter(|(_, v)| v.values().any(|v| matches!(v, Verdict::Refused(_))))
-            .map(|(id, _)| Rebuild {
-                report: *id,
-                snapshot: crate::protocol::Bytes(
-                    self.reports
-                        .get(id)
-                        .map(|s| s.doc.save())
-                        .unwrap_or_default(),
-                ),
+            .filter_map(|(id, verdicts)| {
+                let doc = self.reports.get(id).map(|s| &s.doc);
+                steps::rebuild_for(*id, doc, &principal.access, verdicts)
             })
             .collect();
         let exclude = plan.uploaded();

@@ -176,10 +176,8 @@ pub fn fields_written(doc: &automerge::Automerge, changes: &[automerge::Change])
         std::collections::HashMap::new();
     let mut fields = std::collections::BTreeSet::new();
     for change in changes {
-        // Admitted changes have been expanded before; guard anyway (see rules::check_change).
-        let Ok(expanded) =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| change.decode()))
-        else {
+        // Admitted changes have been expanded before; contained anyway (see `guard`).
+        let Ok(expanded) = crate::guard::expand(change) else {
             continue;
         };
         for op in &expanded.operations {

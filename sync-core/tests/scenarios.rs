@@ -201,26 +201,35 @@ fn a_change_whose_dependencies_are_missing_is_held_then_applied() {
     let mut server = MemoryServer::new();
     let mut a = device(1);
     let id = new_incident(&mut a, "Held");
+    sync(&mut a, &mut server);
+    a.edit(id, &[set("title", json!("Held, edited"))]).unwrap();
     a.edit(id, &[set("risk", json!("low"))]).unwrap();
     let doc = a.report(&id).unwrap().into_doc();
     let changes = doc.get_changes(&[]);
-    let (genesis, edit) = (
-        changes[0].raw_bytes().to_vec(),
+    let (first, second) = (
         changes[1].raw_bytes().to_vec(),
+        changes[2].raw_bytes().to_vec(),
     );
 
-    let response =
-        SyncResponse::decode(&server.handle(&raw_request(a.id(), id, vec![edit])).unwrap())
-            .unwrap();
+    let response = SyncResponse::decode(
+        &server
+            .handle(&raw_request(a.id(), id, vec![second]))
+            .unwrap(),
+    )
+    .unwrap();
     match &response.verdicts[0] {
-        WireVerdict::Held(missing) => assert_eq!(missing, &vec![changes[0].hash().0]),
+        WireVerdict::Held(missing) => assert_eq!(missing, &vec![changes[1].hash().0]),
         other => panic!("expected held, got {other:?}"),
     }
-    assert!(server.report(&id).is_none(), "nothing applied yet");
+    assert_eq!(
+        server_json(&server, &id)["title"],
+        "Held",
+        "nothing applied yet"
+    );
     // The dependency arrives alone: the held change is applied with it, from the server's keeping.
     let response = SyncResponse::decode(
         &server
-            .handle(&raw_request(a.id(), id, vec![genesis]))
+            .handle(&raw_request(a.id(), id, vec![first]))
             .unwrap(),
     )
     .unwrap();
@@ -228,6 +237,25 @@ fn a_change_whose_dependencies_are_missing_is_held_then_applied() {
     assert_eq!(server_json(&server, &id)["risk"], "low");
     sync(&mut a, &mut server);
     assert_same(&a, &server, &id);
+}
+
+#[test]
+fn a_later_change_of_a_report_the_server_lacks_is_refused_not_held_and_nothing_is_sent_back() {
+    let mut server = MemoryServer::new();
+    let mut a = device(1);
+    let id = new_incident(&mut a, "Never sent");
+    a.edit(id, &[set("risk", json!("low"))]).unwrap();
+    let changes = a.report(&id).unwrap().into_doc().get_changes(&[]);
+    let edit = changes[1].raw_bytes().to_vec();
+    let response =
+        SyncResponse::decode(&server.handle(&raw_request(a.id(), id, vec![edit])).unwrap())
+            .unwrap();
+    assert_eq!(
+        response.verdicts,
+        vec![WireVerdict::Refused(sync_core::Refusal::not_permitted())]
+    );
+    assert!(response.rebuilds.is_empty(), "no rebuild: nothing to show");
+    assert!(server.report(&id).is_none());
 }
 
 #[test]

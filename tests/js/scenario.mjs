@@ -131,8 +131,18 @@ async function check(label, fn) {
 /** The report contents every later check compares against: url -> plain JSON. */
 const expected = new Map()
 
+/** The device this run's token names (desa checks that a new report's `created_by` is one of its
+ *  creator's devices; apps learn it from GET /api/v1/me). Against another server: any id. */
+async function myDevice() {
+  if (!args.http) return randomUUID()
+  const res = await fetch(`${args.http.replace(/\/+$/, "")}/api/v1/me`, { headers: auth })
+  assert.equal(res.status, 200, `GET /api/v1/me: HTTP ${res.status}`)
+  return (await res.json()).device
+}
+const ME = await myDevice()
+
 // ---- (a) create on A, find on B --------------------------------------------------------------------
-const deviceA = randomUUID()
+const deviceA = ME
 await check("(a) client A creates 3 incidents; fresh client B finds each by URL with identical contents", async () => {
   const A = await fresh("volunteer-a")
   const handles = [0, 1, 2].map(i => A.repo.create(newIncident({ deviceId: deviceA, i })))
@@ -161,7 +171,7 @@ await check("(a) client A creates 3 incidents; fresh client B finds each by URL 
 // peers' changes to one document, so a server bug there may show only now and then.
 for (let round = 1; round <= REPEAT_B; round++)
 await check(`(b${REPEAT_B > 1 ? "#" + round : ""}) two clients edit different fields and append notes offline, reconnect, converge; a third fresh client sees the same`, async () => {
-  const deviceC = randomUUID()
+  const deviceC = ME
   const deviceD = randomUUID()
   const C = await fresh("volunteer-c")
   const h1 = C.repo.create(newIncident({ deviceId: deviceC, i: 7, title: "Keberangkatan tidak resmi dari dermaga lama" }))

@@ -99,7 +99,16 @@ impl Keys {
 impl Server {
     /// Start on a free port with `data` as its data directory, with a coordinator account.
     pub fn start(data: &Path, extra: &[&str]) -> Server {
-        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Server::start_with_umask(data, extra, None)
+    }
+
+    /// [`Server::start`] under a given umask (e.g. `"000"`), set by a shell before it execs the
+    /// server: what the server creates must be private whatever the operator's umask.
+    pub fn start_with_umask(data: &Path, extra: &[&str], umask: Option<&str>) -> Server {
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if let Some(mask) = umask {
+            extra.insert(0, format!("--umask={mask}"));
+        }
         let keys = Keys::new();
         let (child, port) = spawn(data, 0, &extra, &keys);
         let mut server = Server {
@@ -270,7 +279,21 @@ fn response(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u
 }
 
 fn spawn(data: &Path, port: u16, extra: &[String], keys: &Keys) -> (Child, u16) {
-    let mut command = Command::new(binary("desa-server"));
+    // `--umask=MASK` (first) is this helper's: run the server from a shell with that umask.
+    let (umask, extra) = match extra.first().and_then(|a| a.strip_prefix("--umask=")) {
+        Some(mask) => (Some(mask.to_owned()), &extra[1..]),
+        None => (None, extra),
+    };
+    let mut command = match &umask {
+        Some(mask) => {
+            let mut sh = Command::new("sh");
+            sh.arg("-c")
+                .arg(format!("umask {mask} && exec \"$0\" \"$@\""))
+                .arg(binary("desa-server"));
+            sh
+        }
+        None => Command::new(binary("desa-server")),
+    };
     keys.apply(&mut command);
     let mut child = command
         .arg("serve")

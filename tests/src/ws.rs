@@ -65,3 +65,17 @@ pub async fn join(socket: &mut Socket, peer: &str) -> RepoMessage {
         .await
         .expect("an answer to join")
 }
+
+/// A `request` for `document`: what a peer that has none of it sends first.
+pub fn request_for(document: &str) -> RepoMessage {
+    use sync_core::automerge::sync::{State, SyncDoc};
+    RepoMessage::Request {
+        sender_id: "p".into(),
+        target_id: String::new(),
+        document_id: document.into(),
+        data: sync_core::automerge::Automerge::new()
+            .generate_sync_message(&mut State::new())
+            .map(|m| m.encode())
+            .unwrap_or_default(),
+    }
+}

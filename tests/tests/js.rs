@@ -46,10 +46,17 @@ fn incident_count(server: &Server) -> usize {
 fn javascript_clients_sync_through_desa_sync_and_interoperate_with_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     // The scenario's dozen JS clients stand for many devices but share one token, so the per-device
-    // request rate (tests/tests/limits.rs checks it) is raised here.
+    // request rate and connection cap (tests/tests/limits.rs checks them) are raised here.
     let mut server = Server::start(
         dir.path(),
-        &["--rate-limit", "10000", "--rate-burst", "100000"],
+        &[
+            "--rate-limit",
+            "10000",
+            "--rate-burst",
+            "100000",
+            "--ws-per-device",
+            "100",
+        ],
     );
     let desa = Desa::init(&server, VILLAGE, "Ani");
     let id = desa

@@ -100,17 +100,25 @@ struct Client {
     repo: Repo,
     url: Url,
     dialer: Option<DialerHandle>,
+    /// The device its token names: what a new report's `created_by` must be.
+    device: String,
 }
 
 impl Client {
     fn connect(rt: &Runtime, server: &Server) -> Client {
         let repo = rt.block_on(Repo::builder(rt.handle().clone()).load());
-        let url =
-            Url::parse(&server.ws_url(&server.token("samod", "volunteer", &[VILLAGE]))).unwrap();
+        let token = server.token("samod", "volunteer", &[VILLAGE]);
+        let device = token
+            .parse::<sync_core::DeviceToken>()
+            .unwrap()
+            .device()
+            .to_string();
+        let url = Url::parse(&server.ws_url(&token)).unwrap();
         let mut client = Client {
             repo,
             url,
             dialer: None,
+            device,
         };
         client.reconnect(rt);
         client
@@ -168,15 +176,15 @@ impl Client {
     }
 }
 
-/// A new incident document: every required field and container in one first change.
-fn incident(title: &str) -> Automerge {
+/// A new incident document by `device`: every required field and container in one first change.
+fn incident(device: &str, title: &str) -> Automerge {
     let mut doc = Automerge::new();
     doc.transact::<_, _, AutomergeError>(|tx| {
         tx.put(ROOT, "kind", "incident")?;
         tx.put(ROOT, "schema_version", 1_i64)?;
         tx.put(ROOT, "village", VILLAGE)?;
         tx.put(ROOT, "created_at", "2026-11-28T08:00:00Z")?;
-        tx.put(ROOT, "created_by", "samod-test-device")?;
+        tx.put(ROOT, "created_by", device)?;
         tx.put(ROOT, "category", "recruitment_offer")?;
         tx.put(ROOT, "title", title)?;
         tx.put_object(ROOT, "narrative", ObjType::Text)?;
@@ -259,7 +267,7 @@ const NARRATIVE: &str = "He offered jobs in Malaysia.";
 /// Scenario 2's state: A created a report, B found it, both edited it offline (A: risk, B: a
 /// note), reconnected, and everyone converged. Returns the report id.
 fn concurrent_edits(rt: &Runtime, server: &Server, a: &mut Client, b: &mut Client) -> String {
-    let on_a = a.create(rt, incident("Agent at the harbour"));
+    let on_a = a.create(rt, incident(&a.device, "Agent at the harbour"));
     let id = on_a.document_id().to_string();
     wait_for("the server to store the report", || {
         coordinator_doc(server, &id).is_some()
@@ -296,7 +304,7 @@ fn refused_status(rt: &Runtime, server: &Server, a: &Client, b: &Client, id: &st
     edit(&on_b, |d| set_status(d, "closed"));
     // The server handles one connection's frames in order, and samod sends them in the order
     // they were made: once a later creation of B's is stored, B's status change has been judged.
-    let marker = b.create(rt, incident("Marker after the status change"));
+    let marker = b.create(rt, incident(&b.device, "Marker after the status change"));
     let marker = marker.document_id().to_string();
     wait_for("B's later report to be stored", || {
         coordinator_doc(server, &marker).is_some()
@@ -342,7 +350,11 @@ fn create_and_find() {
     ];
     let ids: Vec<String> = titles
         .iter()
-        .map(|t| a.create(&rt, incident(t)).document_id().to_string())
+        .map(|t| {
+            a.create(&rt, incident(&a.device, t))
+                .document_id()
+                .to_string()
+        })
         .collect();
     for (id, title) in ids.iter().zip(titles) {
         wait_for("the coordinator API to show the report", || {

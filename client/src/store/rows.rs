@@ -28,7 +28,7 @@ pub fn change_hash(bytes: &[u8]) -> Result<ChangeHash, StoreError> {
 
 /// A stored change.
 pub fn change(report: ReportId, bytes: Vec<u8>) -> Result<Change, StoreError> {
-    Change::from_bytes(bytes)
+    sync_core::guard::parse_change(bytes)
         .map_err(|e| StoreError::Corrupt(format!("a waiting change of report {report}: {e}")))
 }
 
@@ -94,7 +94,7 @@ pub fn load_doc(conn: &Connection, id: ReportId) -> Result<Option<Automerge>, St
         .optional()?;
     bytes
         .map(|b| {
-            Automerge::load(&b)
+            sync_core::guard::load(&b)
                 .map_err(|e| StoreError::Corrupt(format!("report {id} does not load: {e}")))
         })
         .transpose()

@@ -152,7 +152,7 @@ impl StandIn {
         let tokens = Arc::new(Mutex::new(HashSet::<String>::new()));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let devices = Arc::new(Mutex::new(Vec::new()));
-        let server = Mutex::new(MemoryServer::new());
+        let server = Mutex::new(MemoryServer::new().one_person("volunteer"));
         let (known, log, named) = (tokens.clone(), seen.clone(), devices.clone());
         let url = serve(
             Arc::new(move |request: &Request| {

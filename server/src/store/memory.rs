@@ -1,7 +1,7 @@
 //! The reference store: everything in memory behind one lock. Not durable (it is for tests and for
 //! checking that the contract tests describe behaviour, not SQLite details).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use sync_core::protocol::Position;
@@ -12,7 +12,7 @@ use super::{
     StoreError, StoredDoc, UserRecord, VillageCount,
 };
 use crate::audit::{self, AuditEntry, AuditEvent, AuditKey, Head};
-use sync_core::DeviceId;
+use sync_core::{DeviceId, Role};
 
 #[derive(Default)]
 struct Entry {
@@ -34,6 +34,7 @@ pub struct MemoryStore {
 struct Directory {
     users: BTreeMap<String, UserRecord>,
     devices: Vec<DeviceRecord>,
+    actors: HashMap<Vec<u8>, String>,
     version: u64,
     audit: Vec<AuditEntry>,
 }
@@ -109,16 +110,17 @@ impl Store for MemoryStore {
                 let old = m.get(&id);
                 let mut doc = old.map(|e| e.doc.clone()).unwrap_or_default();
                 let mut receipts = old.map(|e| e.receipts.clone()).unwrap_or_default();
-                for (hash, bytes) in &write.changes {
-                    if receipts.iter().any(|r| r.hash == *hash) {
+                for change in &write.changes {
+                    if receipts.iter().any(|r| r.hash == change.hash) {
                         continue;
                     }
                     receipts.push(ChangeReceipt {
-                        hash: *hash,
+                        hash: change.hash,
                         seq: commit.seq,
                         received_at: commit.received_at,
+                        uploader: Some(change.uploader.clone()),
                     });
-                    doc.tail.push(bytes.clone());
+                    doc.tail.push(change.bytes.clone());
                 }
                 if let Some(snapshot) = &write.snapshot {
                     doc.snapshot = snapshot.clone();
@@ -149,7 +151,14 @@ impl Store for MemoryStore {
             }
             Ok(())
         })?;
-        self.directory(|d| d.append(&commit.audit))
+        self.directory(|d| {
+            for b in &commit.bindings {
+                d.actors
+                    .entry(b.actor.clone())
+                    .or_insert_with(|| b.user.clone());
+            }
+            d.append(&commit.audit)
+        })
     }
 
     fn feed(
@@ -271,8 +280,14 @@ impl Store for MemoryStore {
 
     fn add_device(&self, device: &DeviceRecord, audit: &AuditEvent) -> Result<(), StoreError> {
         self.directory(|d| {
-            if !d.users.contains_key(&device.user) {
-                return Err(StoreError::Conflict(format!("no user {:?}", device.user)));
+            if d.users
+                .get(&device.user)
+                .is_none_or(|u| u.removed_at.is_some())
+            {
+                return Err(StoreError::Conflict(format!(
+                    "no user {:?} (unknown, or removed)",
+                    device.user
+                )));
             }
             if d.devices.iter().any(|x| x.id == device.id) {
                 return Err(StoreError::Conflict(format!(
@@ -300,6 +315,80 @@ impl Store for MemoryStore {
             d.version += 1;
             d.append(std::slice::from_ref(audit));
             true
+        })
+    }
+
+    fn update_user(
+        &self,
+        name: &str,
+        role: Role,
+        villages: &[VillageCode],
+        audit: &AuditEvent,
+    ) -> Result<bool, StoreError> {
+        self.directory(|d| {
+            let Some(user) = d.users.get_mut(name).filter(|u| u.removed_at.is_none()) else {
+                return false;
+            };
+            user.role = role;
+            user.villages = villages.to_vec();
+            d.version += 1;
+            d.append(std::slice::from_ref(audit));
+            true
+        })
+    }
+
+    fn remove_user(&self, name: &str, at: i64, audit: &AuditEvent) -> Result<bool, StoreError> {
+        self.directory(|d| {
+            let Some(user) = d.users.get_mut(name).filter(|u| u.removed_at.is_none()) else {
+                return false;
+            };
+            user.removed_at = Some(at);
+            for device in d.devices.iter_mut().filter(|x| x.user == name) {
+                device.revoked_at.get_or_insert(at);
+            }
+            d.version += 1;
+            d.append(std::slice::from_ref(audit));
+            true
+        })
+    }
+
+    fn held_usage(
+        &self,
+        devices: &[DeviceId],
+    ) -> Result<HashMap<DeviceId, (usize, usize)>, StoreError> {
+        self.with(|m| {
+            let mut out: HashMap<DeviceId, (usize, usize)> =
+                devices.iter().map(|d| (*d, (0, 0))).collect();
+            for row in m.values().flat_map(|e| &e.doc.held) {
+                if let Some((n, bytes)) = out.get_mut(&row.device) {
+                    *n += 1;
+                    *bytes += row.bytes.len();
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn reports_with_held_before(
+        &self,
+        before: i64,
+        limit: usize,
+    ) -> Result<Vec<ReportId>, StoreError> {
+        self.with(|m| {
+            Ok(m.iter()
+                .filter(|(_, e)| e.doc.held.iter().any(|h| h.since < before))
+                .map(|(id, _)| *id)
+                .take(limit)
+                .collect())
+        })
+    }
+
+    fn actor_owners(&self, actors: &[Vec<u8>]) -> Result<HashMap<Vec<u8>, String>, StoreError> {
+        self.directory(|d| {
+            actors
+                .iter()
+                .filter_map(|a| d.actors.get(a).map(|u| (a.clone(), u.clone())))
+                .collect()
         })
     }
 

@@ -13,6 +13,8 @@ mod cipher;
 pub mod memory;
 pub mod sqlite;
 
+use std::collections::HashMap;
+
 use sync_core::protocol::server::Receipt;
 use sync_core::protocol::Position;
 use sync_core::{DeviceId, DistrictCode, ReportId, ReportKind, Role, Verifier, VillageCode};
@@ -70,8 +72,8 @@ pub struct StoredDoc {
     pub tail: Vec<Vec<u8>>,
     /// Receipts of the report's updates (at most [`sync_core::protocol::server::MAX_RECEIPTS`]).
     pub receipts: Vec<Receipt>,
-    /// Changes held for missing dependencies.
-    pub held: Vec<Vec<u8>>,
+    /// Changes held for missing dependencies, with who uploaded them.
+    pub held: Vec<HeldRow>,
     /// Seq of the latest update (0 if the report has only held changes).
     pub last_seq: u64,
 }
@@ -86,6 +88,53 @@ impl StoredDoc {
         }
         out
     }
+}
+
+/// A change held for missing dependencies: its bytes, the device that uploaded it (whose access
+/// judges it when its dependencies arrive) and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldRow {
+    /// The change's hash.
+    pub hash: [u8; 32],
+    /// The change, as uploaded.
+    pub bytes: Vec<u8>,
+    /// The device that uploaded it.
+    pub device: DeviceId,
+    /// When it was uploaded (server clock, unix ms).
+    pub since: i64,
+}
+
+/// Who uploaded a change: the authenticated device and its person, as the server recorded them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uploader {
+    /// The device the change came through.
+    pub device: DeviceId,
+    /// Its person (account name).
+    pub user: String,
+}
+
+/// An accepted change, as a commit writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredChange {
+    /// Its hash.
+    pub hash: [u8; 32],
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+    /// Who uploaded it.
+    pub uploader: Uploader,
+}
+
+/// An actor bound to the person whose device first uploaded a change under it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActorBinding {
+    /// The automerge actor id.
+    pub actor: Vec<u8>,
+    /// The person.
+    pub user: String,
+    /// The device that uploaded the first change under it.
+    pub device: DeviceId,
+    /// When (unix ms).
+    pub at: i64,
 }
 
 /// The materialized, indexed row of a report (what coordinators query).
@@ -116,8 +165,8 @@ pub struct ReportRow {
 pub struct ReportWrite {
     /// The new materialized row (its `last_seq`/`updated_at` are the commit's).
     pub row: ReportRow,
-    /// Changes accepted now (hash, raw bytes), in causal order: appended to the tail.
-    pub changes: Vec<([u8; 32], Vec<u8>)>,
+    /// Changes accepted now, in causal order: appended to the tail.
+    pub changes: Vec<StoredChange>,
     /// When set, the new compacted snapshot: it replaces the snapshot and empties the tail (the
     /// changes above are already inside it). A report's first write always carries one.
     pub snapshot: Option<Vec<u8>>,
@@ -137,7 +186,10 @@ pub struct Commit {
     /// Reports whose state changed.
     pub writes: Vec<ReportWrite>,
     /// The full set of held changes for each report whose held set changed (empty: none held).
-    pub held: Vec<(ReportId, Vec<Vec<u8>>)>,
+    pub held: Vec<(ReportId, Vec<HeldRow>)>,
+    /// Actors bound to their first uploader by this commit. An actor already bound is left as it
+    /// is (the first binding stands).
+    pub bindings: Vec<ActorBinding>,
     /// Audit events for what this commit does, appended to the trail in the same transaction.
     pub audit: Vec<AuditEvent>,
 }
@@ -153,6 +205,9 @@ pub struct UserRecord {
     pub villages: Vec<VillageCode>,
     /// Unix ms.
     pub created_at: i64,
+    /// When the user was removed (unix ms): their devices are revoked and the name is not given to
+    /// anyone else, so that history and the audit trail keep naming one person.
+    pub removed_at: Option<i64>,
 }
 
 /// A device of a user, with the verifier of its token.
@@ -207,6 +262,8 @@ pub struct ChangeReceipt {
     pub seq: u64,
     /// Server clock, unix ms.
     pub received_at: i64,
+    /// Who uploaded it (`None`: stored before uploaders were recorded).
+    pub uploader: Option<Uploader>,
 }
 
 /// Reports per village and kind.
@@ -277,7 +334,21 @@ pub trait Store: Send + Sync + 'static {
     /// revoked (nothing written).
     fn revoke_device(&self, id: DeviceId, at: i64, audit: &AuditEvent) -> Result<bool, StoreError>;
 
-    /// Every user, by name.
+    /// Change a user's role and villages, and audit it, atomically. `Ok(false)`: no such user (or a
+    /// removed one); nothing written.
+    fn update_user(
+        &self,
+        name: &str,
+        role: Role,
+        villages: &[VillageCode],
+        audit: &AuditEvent,
+    ) -> Result<bool, StoreError>;
+
+    /// Remove a user at `at` (unix ms): mark them removed, revoke every device of theirs, and audit
+    /// it, atomically. `Ok(false)`: no such user, or already removed; nothing written.
+    fn remove_user(&self, name: &str, at: i64, audit: &AuditEvent) -> Result<bool, StoreError>;
+
+    /// Every user, by name, removed ones included.
     fn users(&self) -> Result<Vec<UserRecord>, StoreError>;
 
     /// Every device, revoked ones included.
@@ -286,6 +357,23 @@ pub trait Store: Send + Sync + 'static {
     /// A number that changes whenever a user or device is added or revoked (by this process or
     /// another one sharing the database): the server polls it to notice revocations.
     fn directory_version(&self) -> Result<u64, StoreError>;
+
+    /// Changes and bytes each of `devices` has held, over all reports.
+    fn held_usage(
+        &self,
+        devices: &[DeviceId],
+    ) -> Result<HashMap<DeviceId, (usize, usize)>, StoreError>;
+
+    /// Reports holding a change uploaded before `before` (unix ms), at most `limit`: where held
+    /// changes may have expired.
+    fn reports_with_held_before(
+        &self,
+        before: i64,
+        limit: usize,
+    ) -> Result<Vec<ReportId>, StoreError>;
+
+    /// The persons the given actors are bound to (actors never bound are absent).
+    fn actor_owners(&self, actors: &[Vec<u8>]) -> Result<HashMap<Vec<u8>, String>, StoreError>;
 
     /// Append events to the audit trail, durably.
     fn append_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError>;

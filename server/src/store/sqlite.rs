@@ -24,13 +24,44 @@ use sync_core::{ReportId, ReportKind, VillageCode};
 pub use super::cipher::Encryption;
 use super::{
     cipher, decode_receipts, encode_receipts, seq_check, ChangeReceipt, Commit, DeviceRecord,
-    FeedRow, ReportQuery, ReportRow, Store, StoreError, StoredDoc, UserRecord, VillageCount,
+    FeedRow, HeldRow, ReportQuery, ReportRow, Store, StoreError, StoredDoc, Uploader, UserRecord,
+    VillageCount,
 };
+use std::collections::HashMap;
+
 use crate::audit::{self, AuditEntry, AuditEvent, AuditKey, Head};
-use sync_core::{DeviceId, Verifier};
+use sync_core::{DeviceId, Role, Verifier};
 
 /// Schema version (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
+
+/// Version 3: who uploaded each change, held changes with their uploader, actors bound to their
+/// first uploader, removed users.
+///
+/// Held changes stored by version 2 carry no uploader, and judging them with the access of
+/// whoever completes them is exactly what version 3 forbids: they are dropped. Nothing is lost —
+/// a device keeps a held change in its outbox and sends it again with its dependencies.
+const SCHEMA_V3: &str = r#"
+ALTER TABLE changes ADD COLUMN device BLOB;
+ALTER TABLE changes ADD COLUMN user TEXT;
+DROP TABLE held;
+CREATE TABLE held (
+    report      BLOB NOT NULL,
+    hash        BLOB NOT NULL,
+    device      BLOB NOT NULL,
+    since       INTEGER NOT NULL,
+    bytes       BLOB NOT NULL,
+    PRIMARY KEY (report, hash)
+);
+CREATE INDEX held_device ON held (device);
+CREATE TABLE actors (
+    actor       BLOB PRIMARY KEY,
+    user        TEXT NOT NULL,
+    device      BLOB NOT NULL,
+    bound_at    INTEGER NOT NULL
+);
+ALTER TABLE users ADD COLUMN removed_at INTEGER;
+"#;
 
 /// Version 2: users, devices and the audit trail.
 const SCHEMA_V2: &str = r#"
@@ -173,7 +204,7 @@ CREATE TABLE peer_sync (
     PRIMARY KEY (storage_id, report)
 );
 
--- Changes waiting for dependencies.
+-- Changes waiting for dependencies (replaced by version 3).
 CREATE TABLE held (
     report      BLOB NOT NULL,
     n           INTEGER NOT NULL,
@@ -220,26 +251,34 @@ impl SqliteStore {
         cipher::encrypt_if_plaintext(path, &encryption)?;
         let mut conn = open(path, &encryption)?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        match version {
-            0 => {
-                let tx = conn.transaction()?;
-                tx.execute_batch(SCHEMA)?;
-                tx.execute_batch(SCHEMA_V2)?;
-                tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-                tx.commit()?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Database(format!(
+                "database schema version {version} is newer than this server ({SCHEMA_VERSION})"
+            )));
+        }
+        if version < SCHEMA_VERSION {
+            // Every step from the stored version up, in one transaction: a crash leaves the old
+            // version whole.
+            let tx = conn.transaction()?;
+            let dropped: i64 = if version >= 1 {
+                tx.query_row("SELECT count(*) FROM held", [], |r| r.get(0))?
+            } else {
+                0
+            };
+            let steps: [(i64, &str); 3] = [(0, SCHEMA), (1, SCHEMA_V2), (2, SCHEMA_V3)];
+            for (from, sql) in steps {
+                if version <= from {
+                    tx.execute_batch(sql)?;
+                }
             }
-            1 => {
-                let tx = conn.transaction()?;
-                tx.execute_batch(SCHEMA_V2)?;
-                tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-                tx.commit()?;
+            if dropped > 0 {
+                tracing::warn!(
+                    dropped,
+                    "held changes stored without their uploader were dropped; devices send them again"
+                );
             }
-            SCHEMA_VERSION => {}
-            other => {
-                return Err(StoreError::Database(format!(
-                    "database schema version {other} is newer than this server ({SCHEMA_VERSION})"
-                )))
-            }
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            tx.commit()?;
         }
         Ok(SqliteStore {
             writer: Mutex::new(conn),
@@ -371,11 +410,33 @@ impl Store for SqliteStore {
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
                 .optional()?;
-            let mut stmt =
-                conn.prepare_cached("SELECT bytes FROM held WHERE report = ?1 ORDER BY n")?;
+            let mut stmt = conn.prepare_cached(
+                "SELECT hash, bytes, device, since FROM held WHERE report = ?1 ORDER BY since, hash",
+            )?;
             let held = stmt
-                .query_map([key], |r| r.get::<_, Vec<u8>>(0))?
-                .collect::<Result<Vec<_>, _>>()?;
+                .query_map([key], |r| {
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .map(|(hash, bytes, device, since)| {
+                    let what = || format!("held change of {id}");
+                    Ok(HeldRow {
+                        hash: hash.as_slice().try_into().map_err(|_| StoreError::Corrupt {
+                            what: what(),
+                            detail: format!("hash of {} bytes", hash.len()),
+                        })?,
+                        bytes,
+                        device: device_id(&device, what)?,
+                        since,
+                    })
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
             let Some((snapshot, receipts, last_seq)) = head else {
                 return Ok((!held.is_empty()).then(|| StoredDoc {
                     held,
@@ -415,11 +476,20 @@ impl Store for SqliteStore {
         for write in &commit.writes {
             let row = &write.row;
             let key = &row.id.as_bytes()[..];
-            for (hash, bytes) in &write.changes {
+            for change in &write.changes {
                 tx.prepare_cached(
-                    "INSERT OR IGNORE INTO changes (report, hash, seq, received_at, bytes) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT OR IGNORE INTO changes (report, hash, seq, received_at, bytes, device, user)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )?
-                .execute(params![key, &hash[..], commit.seq as i64, commit.received_at, bytes])?;
+                .execute(params![
+                    key,
+                    &change.hash[..],
+                    commit.seq as i64,
+                    commit.received_at,
+                    change.bytes,
+                    &change.uploader.device.as_bytes()[..],
+                    change.uploader.user
+                ])?;
             }
             let params_common = params![
                 key,
@@ -476,10 +546,18 @@ impl Store for SqliteStore {
             let key = &id.as_bytes()[..];
             tx.prepare_cached("DELETE FROM held WHERE report = ?1")?
                 .execute([key])?;
-            for (n, bytes) in held.iter().enumerate() {
-                tx.prepare_cached("INSERT INTO held (report, n, bytes) VALUES (?1, ?2, ?3)")?
-                    .execute(params![key, n as i64, bytes])?;
+            for row in held {
+                tx.prepare_cached(
+                    "INSERT OR IGNORE INTO held (report, hash, device, since, bytes) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![key, &row.hash[..], &row.device.as_bytes()[..], row.since, row.bytes])?;
             }
+        }
+        for b in &commit.bindings {
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO actors (actor, user, device, bound_at) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![b.actor, b.user, &b.device.as_bytes()[..], b.at])?;
         }
         append_audit_tx(&tx, self.audit.as_ref(), &commit.audit)?;
         tx.commit()?;
@@ -596,7 +674,7 @@ impl Store for SqliteStore {
     fn change_receipts(&self, id: &ReportId) -> Result<Vec<ChangeReceipt>, StoreError> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT hash, seq, received_at FROM changes WHERE report = ?1 ORDER BY seq, rowid",
+                "SELECT hash, seq, received_at, device, user FROM changes WHERE report = ?1 ORDER BY seq, rowid",
             )?;
             let raws = stmt
                 .query_map([&id.as_bytes()[..]], |r| {
@@ -604,11 +682,20 @@ impl Store for SqliteStore {
                         r.get::<_, Vec<u8>>(0)?,
                         r.get::<_, i64>(1)?,
                         r.get::<_, i64>(2)?,
+                        r.get::<_, Option<Vec<u8>>>(3)?,
+                        r.get::<_, Option<String>>(4)?,
                     ))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             raws.into_iter()
-                .map(|(hash, seq, received_at)| {
+                .map(|(hash, seq, received_at, device, user)| {
+                    let uploader = match (device, user) {
+                        (Some(device), Some(user)) => Some(Uploader {
+                            device: device_id(&device, || format!("uploader of a change of {id}"))?,
+                            user,
+                        }),
+                        _ => None,
+                    };
                     let hash: [u8; 32] =
                         hash.as_slice()
                             .try_into()
@@ -620,6 +707,7 @@ impl Store for SqliteStore {
                         hash,
                         seq: seq as u64,
                         received_at,
+                        uploader,
                     })
                 })
                 .collect()
@@ -689,7 +777,18 @@ impl Store for SqliteStore {
                 params![user.name, user.role.as_str(), villages.join(","), user.created_at],
             )?;
             if added == 0 {
-                return Err(StoreError::Conflict(format!("user {:?} already exists", user.name)));
+                let removed: Option<i64> = tx
+                    .query_row("SELECT removed_at FROM users WHERE name = ?1", [&user.name], |r| r.get(0))
+                    .optional()?
+                    .flatten();
+                return Err(StoreError::Conflict(match removed {
+                    Some(_) => format!(
+                        "user {:?} was removed; a name is never given to someone else, so that \
+                         history keeps naming one person: choose another name",
+                        user.name
+                    ),
+                    None => format!("user {:?} already exists", user.name),
+                }));
             }
             bump_directory(tx)?;
             append_audit_tx(tx, self.audit.as_ref(), std::slice::from_ref(audit))
@@ -699,12 +798,17 @@ impl Store for SqliteStore {
     fn add_device(&self, device: &DeviceRecord, audit: &AuditEvent) -> Result<(), StoreError> {
         self.write(|tx| {
             let user: Option<String> = tx
-                .query_row("SELECT name FROM users WHERE name = ?1", [&device.user], |r| {
-                    r.get(0)
-                })
+                .query_row(
+                    "SELECT name FROM users WHERE name = ?1 AND removed_at IS NULL",
+                    [&device.user],
+                    |r| r.get(0),
+                )
                 .optional()?;
             if user.is_none() {
-                return Err(StoreError::Conflict(format!("no user {:?}", device.user)));
+                return Err(StoreError::Conflict(format!(
+                    "no user {:?} (unknown, or removed)",
+                    device.user
+                )));
             }
             let added = tx.execute(
                 "INSERT OR IGNORE INTO devices (id, user, verifier, created_at, revoked_at) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -739,10 +843,100 @@ impl Store for SqliteStore {
         })
     }
 
+    fn update_user(
+        &self,
+        name: &str,
+        role: Role,
+        villages: &[VillageCode],
+        audit: &AuditEvent,
+    ) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            let villages: Vec<String> = villages.iter().map(ToString::to_string).collect();
+            let updated = tx.execute(
+                "UPDATE users SET role = ?2, villages = ?3 WHERE name = ?1 AND removed_at IS NULL",
+                params![name, role.as_str(), villages.join(",")],
+            )?;
+            if updated == 0 {
+                return Ok(false);
+            }
+            bump_directory(tx)?;
+            append_audit_tx(tx, self.audit.as_ref(), std::slice::from_ref(audit))?;
+            Ok(true)
+        })
+    }
+
+    fn remove_user(&self, name: &str, at: i64, audit: &AuditEvent) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            let removed = tx.execute(
+                "UPDATE users SET removed_at = ?2 WHERE name = ?1 AND removed_at IS NULL",
+                params![name, at],
+            )?;
+            if removed == 0 {
+                return Ok(false);
+            }
+            tx.execute(
+                "UPDATE devices SET revoked_at = ?2 WHERE user = ?1 AND revoked_at IS NULL",
+                params![name, at],
+            )?;
+            bump_directory(tx)?;
+            append_audit_tx(tx, self.audit.as_ref(), std::slice::from_ref(audit))?;
+            Ok(true)
+        })
+    }
+
+    fn held_usage(
+        &self,
+        devices: &[DeviceId],
+    ) -> Result<HashMap<DeviceId, (usize, usize)>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT count(*), coalesce(sum(length(bytes)), 0) FROM held WHERE device = ?1",
+            )?;
+            let mut out = HashMap::new();
+            for device in devices {
+                let (n, bytes): (i64, i64) =
+                    stmt.query_row([&device.as_bytes()[..]], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                out.insert(*device, (n as usize, bytes as usize));
+            }
+            Ok(out)
+        })
+    }
+
+    fn reports_with_held_before(
+        &self,
+        before: i64,
+        limit: usize,
+    ) -> Result<Vec<ReportId>, StoreError> {
+        self.read(|conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT DISTINCT report FROM held WHERE since < ?1 LIMIT ?2")?;
+            let raws = stmt
+                .query_map(params![before, limit as i64], |r| r.get::<_, Vec<u8>>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            raws.into_iter().map(report_id).collect()
+        })
+    }
+
+    fn actor_owners(&self, actors: &[Vec<u8>]) -> Result<HashMap<Vec<u8>, String>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached("SELECT user FROM actors WHERE actor = ?1")?;
+            let mut out = HashMap::new();
+            for actor in actors {
+                if let Some(user) = stmt
+                    .query_row([actor], |r| r.get::<_, String>(0))
+                    .optional()?
+                {
+                    out.insert(actor.clone(), user);
+                }
+            }
+            Ok(out)
+        })
+    }
+
     fn users(&self) -> Result<Vec<UserRecord>, StoreError> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT name, role, villages, created_at FROM users ORDER BY name",
+                "SELECT name, role, villages, created_at, removed_at FROM users ORDER BY name",
             )?;
             let raws = stmt
                 .query_map([], |r| {
@@ -751,11 +945,12 @@ impl Store for SqliteStore {
                         r.get::<_, String>(1)?,
                         r.get::<_, String>(2)?,
                         r.get::<_, i64>(3)?,
+                        r.get::<_, Option<i64>>(4)?,
                     ))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             raws.into_iter()
-                .map(|(name, role, villages, created_at)| {
+                .map(|(name, role, villages, created_at, removed_at)| {
                     let corrupt = |detail: String| StoreError::Corrupt {
                         what: format!("user {name:?}"),
                         detail,
@@ -771,6 +966,7 @@ impl Store for SqliteStore {
                         role,
                         villages,
                         created_at,
+                        removed_at,
                     })
                 })
                 .collect()
@@ -854,6 +1050,14 @@ impl Store for SqliteStore {
                 .collect()
         })
     }
+}
+
+fn device_id(bytes: &[u8], what: impl FnOnce() -> String) -> Result<DeviceId, StoreError> {
+    let id: [u8; 16] = bytes.try_into().map_err(|_| StoreError::Corrupt {
+        what: what(),
+        detail: format!("device id of {} bytes", bytes.len()),
+    })?;
+    Ok(DeviceId::from_bytes(id))
 }
 
 fn bump_directory(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {

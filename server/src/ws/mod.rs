@@ -34,15 +34,15 @@ use sync_core::rules::{report_village, Verdict};
 use sync_core::ReportId;
 use tokio::sync::broadcast;
 
-use crate::audit::{Action, AuditEvent};
+use crate::audit::{Action, AuditEvent, Who};
 use crate::auth::{Caller, Directory, Limiter, Principal};
 use crate::engine::{Engine, EngineError, Via};
 use crate::error::ApiError;
 
 mod hub;
 
-pub use hub::Hub;
-use hub::{without_refused, Relayed};
+use hub::{without_refused, Full, Relayed, Slot};
+pub use hub::{Hub, WsLimits};
 
 /// `GET /ws`: authenticate (bearer header or `?token=`), upgrade and serve one peer.
 pub async fn route(
@@ -62,6 +62,26 @@ pub async fn route(
         ))
         .into());
     }
+    // A bounded number of connections per device and in all: idle and half-open ones are reaped
+    // (pings, `WsLimits::idle`), so a phone coming back after a 2G drop finds its place free.
+    let slot = match hub.clone().into_inner().open_slot(caller.device) {
+        Ok(slot) => slot,
+        Err(Full::Device(n)) => {
+            return Err(ApiError::RateLimited {
+                retry_after: crate::limit::RetryAfter(hub.limits.idle),
+                detail: Some(format!(
+                    "this device already has {n} open WebSocket connections (the limit); close one, or wait for a dropped one to be reaped"
+                )),
+            }
+            .into())
+        }
+        Err(Full::Server(n)) => {
+            return Err(ApiError::Unavailable(format!(
+                "the server has {n} open WebSocket connections (its limit); try again later"
+            ))
+            .into())
+        }
+    };
     let (response, session, stream) = actix_ws::handle(&req, body)?;
     // actix's default frame limit (64 KiB) is too small for a first sync: raise it, bounded
     // (`--max-message`; a larger message closes the connection with 1009).
@@ -74,6 +94,7 @@ pub async fn route(
     let id = hub.next_connection.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(connection = id, "ws connection opened");
     let connection = Connection {
+        _slot: slot,
         engine: engine.into_inner(),
         principal: caller.0,
         directory: directory.into_inner(),
@@ -118,6 +139,8 @@ struct Open {
 const MAX_STALLED_ANSWERS: u32 = 50;
 
 struct Connection {
+    /// Its place among the open connections, given back when the connection ends.
+    _slot: Slot,
     engine: Arc<Engine>,
     /// Who is on the other end (checked at the upgrade; re-checked when the directory changes).
     principal: Arc<Principal>,
@@ -165,30 +188,48 @@ impl Connection {
         let mut committed = self.engine.subscribe();
         let mut relay = self.hub.relay.subscribe();
         let mut directory = self.directory.subscribe();
+        let limits = self.hub.limits;
+        let mut ping = tokio::time::interval(limits.ping);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_heard = tokio::time::Instant::now();
         loop {
             let step = tokio::select! {
                 changed = directory.changed() => match changed {
-                    Ok(()) if !self.directory.is_active(self.principal.device) => {
-                        tracing::info!(connection = self.id, device = %self.principal.device, "device revoked: closing its connection");
-                        let _ = self.error(&mut session, "this device has been revoked".into()).await;
-                        Err(Gone)
-                    }
-                    Ok(()) => Ok(()),
+                    Ok(()) => self.check_access(&mut session).await,
                     Err(_) => Err(Gone),
+                },
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > limits.idle {
+                        tracing::debug!(connection = self.id, "no frame from the peer for too long: closing");
+                        close = Some(actix_ws::CloseReason {
+                            code: actix_ws::CloseCode::Away,
+                            description: Some("idle: no answer to pings".into()),
+                        });
+                        Err(Gone)
+                    } else {
+                        session.ping(b"").await.map_err(Gone::from)
+                    }
                 },
                 frame = stream.next() => match frame {
                     Some(Ok(AggregatedMessage::Binary(bytes))) => {
+                        last_heard = tokio::time::Instant::now();
                         while let Err(wait) = self.limiter.check(self.principal.device) {
                             tokio::time::sleep(wait.0).await;
                         }
                         self.on_frame(&mut session, &bytes).await
                     }
-                    Some(Ok(AggregatedMessage::Ping(bytes))) => session.pong(&bytes).await.map_err(Gone::from),
+                    Some(Ok(AggregatedMessage::Ping(bytes))) => {
+                        last_heard = tokio::time::Instant::now();
+                        session.pong(&bytes).await.map_err(Gone::from)
+                    }
                     Some(Ok(AggregatedMessage::Text(_))) => {
                         let _ = self.send(&mut session, RepoMessage::Error { message: "binary frames only".into() }).await;
                         Err(Gone)
                     }
-                    Some(Ok(AggregatedMessage::Pong(_))) => Ok(()),
+                    Some(Ok(AggregatedMessage::Pong(_))) => {
+                        last_heard = tokio::time::Instant::now();
+                        Ok(())
+                    }
                     Some(Err(e)) => {
                         close = crate::limit::ws_close_reason(&e, max_message);
                         Err(Gone)
@@ -218,6 +259,32 @@ impl Connection {
         }
         self.save_sync_states().await;
         let _ = session.close(close).await;
+    }
+
+    /// The directory changed: a revoked device (or removed user) is disconnected; a device whose
+    /// person's role or villages changed is disconnected too, so that it reconnects with its new
+    /// access (nothing it had open stays open under the old one).
+    async fn check_access(&mut self, session: &mut Session) -> Result<(), Gone> {
+        match self.directory.principal_of(self.principal.device) {
+            None => {
+                tracing::info!(connection = self.id, device = %self.principal.device, "device revoked: closing its connection");
+                let _ = self
+                    .error(session, "this device has been revoked".into())
+                    .await;
+                Err(Gone)
+            }
+            Some(now) if *now != *self.principal => {
+                tracing::info!(connection = self.id, device = %self.principal.device, "access changed: closing the connection");
+                let _ = self
+                    .error(
+                        session,
+                        "your access has changed; reconnect to continue with the new one".into(),
+                    )
+                    .await;
+                Err(Gone)
+            }
+            Some(_) => Ok(()),
+        }
     }
 
     async fn send(&self, session: &mut Session, message: RepoMessage) -> Result<(), Gone> {
@@ -300,8 +367,8 @@ impl Connection {
                 let Ok(report) = document_id.parse::<ReportId>() else {
                     return Ok(());
                 };
-                // Only about a document this peer has open — one it was allowed to see.
-                if !self.docs.contains_key(&report) {
+                // Only about a document this peer has open and may see.
+                if !self.docs.get(&report).is_some_and(|o| o.in_scope) {
                     return Ok(());
                 }
                 let key = (sender_id.clone(), session_id.clone());
@@ -344,32 +411,13 @@ impl Connection {
             // A saved state keeps only what both sides had; decoding it is what automerge expects
             // of a reconnecting peer.
             state: saved
-                .and_then(|bytes| SyncState::decode(&bytes).ok())
+                .and_then(|bytes| sync_core::guard::sync_state(&bytes).ok())
                 .unwrap_or_default(),
             stalled: 0,
             last_heads: Vec::new(),
             audited: false,
             in_scope: false,
         })
-    }
-
-    /// Whether `report` exists on the server outside this peer's villages. Such a document is
-    /// treated exactly like one that does not exist, except that changes to it are refused.
-    async fn out_of_scope(&self, report: ReportId) -> bool {
-        let engine = self.engine.clone();
-        let principal = self.principal.clone();
-        let village = web::block(move || {
-            engine
-                .working(&report)
-                .ok()
-                .flatten()
-                .filter(|w| w.exists)
-                .and_then(|w| report_village(&w.doc))
-        })
-        .await
-        .ok()
-        .flatten();
-        village.is_some_and(|v| !principal.access.covers(v))
     }
 
     async fn on_sync(
@@ -383,7 +431,7 @@ impl Connection {
                 .await?;
             return self.unavailable(session, doc_id).await;
         };
-        let message = match SyncMessage::decode(data) {
+        let message = match sync_core::guard::sync_message(data) {
             Ok(m) => m,
             Err(e) => {
                 return self
@@ -399,16 +447,9 @@ impl Connection {
             Err(e) => return self.error(session, format!("{doc_id}: {e}")).await,
         };
         let carried = !changes.is_empty();
-        if !self.docs.contains_key(&report) && self.out_of_scope(report).await {
-            if carried {
-                self.error(
-                    session,
-                    format!("{doc_id}: not permitted: this report is outside your villages; nothing was stored"),
-                )
-                .await?;
-            }
-            return self.unavailable(session, doc_id).await;
-        }
+        // No check of the document's village here: a document of another village is answered
+        // exactly as one the server does not have — its changes are refused by admission with the
+        // same words as changes to a missing report, and nothing of it is sent (`answer`).
         let peer_key = self.peer_key();
         self.open(report, doc_id.clone());
         // A peer keeps offering a change it still has. One already refused for this peer — or
@@ -429,14 +470,16 @@ impl Connection {
             let verdicts = match judged {
                 Ok(Ok(mut j)) => j.remove(&report).unwrap_or_default(),
                 Ok(Err(e)) => {
+                    tracing::warn!(connection = self.id, %report, error = %e, "ws ingest failed");
                     return self
-                        .error(session, format!("{doc_id}: not stored: {e}"))
-                        .await
+                        .error(session, format!("{doc_id}: not stored: the server could not store changes now; try again"))
+                        .await;
                 }
                 Err(e) => {
+                    tracing::warn!(connection = self.id, %report, error = %e, "ws ingest failed");
                     return self
-                        .error(session, format!("{doc_id}: not stored: {e}"))
-                        .await
+                        .error(session, format!("{doc_id}: not stored: the server could not store changes now; try again"))
+                        .await;
                 }
             };
             for (hash, verdict) in verdicts {
@@ -484,22 +527,19 @@ impl Connection {
         let carried = incoming.as_ref().is_some_and(|(_, carried)| *carried);
         let outcome = web::block(
             move || -> Result<(SyncState, Reply, Vec<ChangeHash>, bool), EngineError> {
-                let mut scope_checked = false;
                 // A report's village is fixed at creation: checked once per connection.
                 let in_scope = |w: &crate::engine::Working| {
                     checked || report_village(&w.doc).is_some_and(|v| principal.access.covers(v))
                 };
-                let mut doc = match engine.working(&report)?.filter(|w| w.exists) {
-                    Some(working) if in_scope(&working) => {
-                        scope_checked = true;
-                        working.doc.clone()
-                    }
-                    // Created meanwhile in another village (the peer asked for an id that did not
-                    // exist yet): still "unavailable" to this peer.
-                    Some(_) => return Ok((state, Reply::Unavailable, Vec::new(), false)),
-                    // A peer offering a document the server lacks is answered as from an empty
-                    // document, which asks for its changes; a peer that has nothing either learns
-                    // the document is unavailable (a push about it has nothing to say).
+                let visible = engine.working(&report)?.filter(|w| w.exists && in_scope(w));
+                let scope_checked = visible.is_some();
+                let mut doc = match visible {
+                    Some(working) => working.doc.clone(),
+                    // A document the server lacks — or has in another village, which this peer
+                    // must not be able to tell apart — is answered as from an empty document,
+                    // which asks for its changes when the peer offers some; a peer that has
+                    // nothing either learns the document is unavailable (a push about it has
+                    // nothing to say).
                     None => match &incoming {
                         Some((m, _)) if !m.heads.is_empty() => {
                             sync_core::automerge::Automerge::new()
@@ -514,7 +554,11 @@ impl Connection {
                     // peer's heads — now equal to ours — as already answered; the peer waits for
                     // exactly that answer to know its changes are stored, so keep it due.
                     let last_sent = state.last_sent_heads.clone();
-                    let _ = doc.receive_sync_message(&mut state, m);
+                    if sync_core::guard::receive_sync_message(&mut doc, &mut state, m).is_err() {
+                        // Whatever the peer sent, the state learns nothing from it (a contained
+                        // panic may have left it half-changed): start this document afresh.
+                        state = SyncState::new();
+                    }
                     if carried {
                         state.last_sent_heads = last_sent;
                     }
@@ -535,8 +579,25 @@ impl Connection {
         .await;
         let (state, reply, heads, scope_checked) = match outcome {
             Ok(Ok(o)) => o,
-            Ok(Err(e)) => return self.error(session, format!("{doc_id}: {e}")).await,
-            Err(e) => return self.error(session, format!("{doc_id}: {e}")).await,
+            // Details stay in the log: an error about a report names nothing of it.
+            Ok(Err(e)) => {
+                tracing::warn!(connection = self.id, %report, error = %e, "ws answer failed");
+                return self
+                    .error(
+                        session,
+                        format!("{doc_id}: the server could not answer for this document now"),
+                    )
+                    .await;
+            }
+            Err(e) => {
+                tracing::warn!(connection = self.id, %report, error = %e, "ws answer failed");
+                return self
+                    .error(
+                        session,
+                        format!("{doc_id}: the server could not answer for this document now"),
+                    )
+                    .await;
+            }
         };
         if let Some(open) = self.docs.get_mut(&report) {
             open.state = state;
@@ -561,7 +622,9 @@ impl Connection {
             Reply::Unavailable => self.unavailable(session, doc_id).await,
             Reply::Nothing => Ok(()),
             Reply::Sync(data) => {
-                if !self.audit_read(report).await {
+                // A document the peer may read is recorded before anything of it leaves; an
+                // answer from an empty document (asking for the peer's changes) carries nothing.
+                if scope_checked && !self.audit_read(report).await {
                     // Nothing leaves unrecorded.
                     return self
                         .error(
@@ -595,8 +658,9 @@ impl Connection {
             return true;
         }
         let engine = self.engine.clone();
-        let event = AuditEvent::now(
-            self.principal.who(),
+        let event = AuditEvent::at(
+            engine.now(),
+            Who::from(&*self.principal),
             Action::Read {
                 via: "ws".into(),
                 reports: vec![report.to_string()],
@@ -649,7 +713,7 @@ impl Connection {
         if relayed.from == self.id {
             return Ok(());
         }
-        let Some(open) = self.docs.get(&relayed.report) else {
+        let Some(open) = self.docs.get(&relayed.report).filter(|o| o.in_scope) else {
             return Ok(());
         };
         let message = RepoMessage::Ephemeral {

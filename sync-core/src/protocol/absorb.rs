@@ -116,7 +116,9 @@ pub fn absorb<S: DeviceStore>(
     // Changes refused for a reason of their own are dropped; those refused only because they build
     // on one are re-applied by the rebuild below.
     let mut direct: HashMap<ReportId, HashSet<ChangeHash>> = HashMap::new();
+    let mut all_refused: HashMap<ReportId, HashSet<ChangeHash>> = HashMap::new();
     for (report, hash, refusal) in outcome.refused {
+        all_refused.entry(report).or_default().insert(hash);
         if refusal.code != RefusalCode::DependsOnRefused {
             summary.refused += 1;
             direct.entry(report).or_default().insert(hash);
@@ -128,6 +130,31 @@ pub fn absorb<S: DeviceStore>(
                 })
                 .map_err(AbsorbError::Store)?;
         }
+    }
+
+    // A report the server sent nothing back for (one it will not show this device: another
+    // village's, or one it does not have): nothing can be rebuilt, so the refused changes, and
+    // what builds on them, leave the outbox; the local copy stays as it is.
+    let rebuilt: HashSet<ReportId> = outcome.rebuilds.iter().map(|(r, _)| *r).collect();
+    for (report, refused) in &all_refused {
+        if rebuilt.contains(report) {
+            continue;
+        }
+        let waiting = store.unacknowledged(*report).map_err(AbsorbError::Store)?;
+        let mut gone = refused.clone();
+        let kept: Vec<Change> = waiting
+            .into_iter()
+            .filter(|c| {
+                let out = gone.contains(&c.hash()) || c.deps().iter().any(|d| gone.contains(d));
+                if out {
+                    gone.insert(c.hash());
+                }
+                !out
+            })
+            .collect();
+        store
+            .replace_outbox(*report, kept)
+            .map_err(AbsorbError::Store)?;
     }
 
     for (report, snapshot) in &outcome.rebuilds {

@@ -248,14 +248,16 @@ pub fn apply_delta(doc: Option<Automerge>, item: &FeedItem) -> Result<Automerge,
         Delta::Changes(raw) => {
             let changes = raw
                 .iter()
-                .map(|b| Change::from_bytes(b.0.clone()))
+                .map(|b| crate::guard::parse_change(b.0.clone()))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| err(e.to_string()))?;
-            doc.apply_changes(changes).map_err(|e| err(e.to_string()))?;
+            // A panic inside automerge leaves `doc` half-updated; it is dropped with the error
+            // and the device store keeps its committed copy.
+            crate::guard::apply(&mut doc, changes).map_err(|e| err(e.to_string()))?;
         }
         Delta::Snapshot(bytes) => {
-            let mut other = Automerge::load(&bytes.0).map_err(|e| err(e.to_string()))?;
-            doc.merge(&mut other).map_err(|e| err(e.to_string()))?;
+            let mut other = crate::guard::load(&bytes.0).map_err(|e| err(e.to_string()))?;
+            crate::guard::merge(&mut doc, &mut other).map_err(|e| err(e.to_string()))?;
         }
     }
     Ok(doc)

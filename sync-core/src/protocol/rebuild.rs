@@ -46,10 +46,10 @@ pub fn rebuild(
         for c in unacked {
             dropped.push((
                 c.hash(),
-                Refusal {
-                    code: RefusalCode::DependsOnRefused,
-                    detail: "the report's creation was refused".into(),
-                },
+                Refusal::new(
+                    RefusalCode::DependsOnRefused,
+                    "the report's creation was refused",
+                ),
             ));
         }
         return Ok(Rebuilt {
@@ -58,7 +58,7 @@ pub fn rebuild(
             dropped,
         });
     }
-    let server = Automerge::load(snapshot).map_err(|e| e.to_string())?;
+    let server = crate::guard::load(snapshot).map_err(|e| e.to_string())?;
     let mut report = Report::from_doc(id, server).map_err(|e| e.to_string())?;
     let mut reapplied = Vec::new();
     for change in unacked {

@@ -359,11 +359,11 @@ impl RepoMessage {
 pub fn changes_of(message: &automerge::sync::Message) -> Result<Vec<automerge::Change>, String> {
     let mut out = Vec::new();
     for chunk in message.changes.iter() {
-        match automerge::Change::from_bytes(chunk.to_vec()) {
+        match crate::guard::parse_change(chunk.to_vec()) {
             Ok(change) => out.push(change),
             Err(_) => {
-                let doc = automerge::Automerge::load(chunk)
-                    .map_err(|e| format!("sync message chunk: {e}"))?;
+                let doc =
+                    crate::guard::load(chunk).map_err(|e| format!("sync message chunk: {e}"))?;
                 out.extend(doc.get_changes(&[]));
             }
         }

@@ -14,9 +14,9 @@ use std::collections::{HashMap, HashSet};
 use automerge::{Automerge, Change, ChangeHash};
 
 use super::wire::{
-    Bytes, Delta, FeedItem, PageMark, Position, Scope, ScopeFeed, SyncRequest, WireVerdict,
+    Bytes, Delta, FeedItem, PageMark, Position, Rebuild, Scope, ScopeFeed, SyncRequest, WireVerdict,
 };
-use crate::rules::{Refusal, Verdict};
+use crate::rules::{Access, Refusal, Verdict};
 use crate::{ReportId, VillageCode, VillageError};
 
 /// Why a whole request is refused (as opposed to single changes).
@@ -65,7 +65,7 @@ pub fn plan(request: &SyncRequest) -> Result<Plan, PlanError> {
         }
         let mut changes = Vec::with_capacity(upload.changes.len());
         for bytes in &upload.changes {
-            match Change::from_bytes(bytes.0.clone()) {
+            match crate::guard::parse_change(bytes.0.clone()) {
                 Ok(change) => {
                     slots.push(Slot::Change(upload.report, change.hash()));
                     changes.push(change);
@@ -124,6 +124,41 @@ impl Plan {
             })
             .collect()
     }
+}
+
+/// What a device learns of a report in which some of its changes were refused, so that it can
+/// rebuild its copy: the server's document when the report exists in the caller's villages; an
+/// empty one when the report does not exist because its creation was refused (the device then
+/// drops it). Nothing for a report the caller may not see — one outside their villages, or one
+/// the server does not have that they did not create ([`Refusal::not_permitted`]): the answer
+/// must not tell whether it exists elsewhere.
+pub fn rebuild_for(
+    report: ReportId,
+    doc: Option<&Automerge>,
+    access: &Access,
+    verdicts: &HashMap<ChangeHash, Verdict>,
+) -> Option<Rebuild> {
+    let refused = |v: &Verdict| matches!(v, Verdict::Refused(_));
+    if !verdicts.values().any(refused) {
+        return None;
+    }
+    let snapshot = match doc {
+        Some(doc) => {
+            let village = crate::rules::report_village(doc)?;
+            access.covers(village).then(|| doc.save())?
+        }
+        None => {
+            let hidden = Verdict::Refused(Refusal::not_permitted());
+            if verdicts.values().any(|v| *v == hidden) {
+                return None;
+            }
+            Vec::new()
+        }
+    };
+    Some(Rebuild {
+        report,
+        snapshot: Bytes(snapshot),
+    })
 }
 
 /// The wire form of a verdict.

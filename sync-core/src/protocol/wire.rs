@@ -263,10 +263,7 @@ impl SyncResponse {
 impl Refusal {
     /// A refusal for bytes that are not an automerge change.
     pub fn undecodable(detail: impl Into<String>) -> Self {
-        Refusal {
-            code: RefusalCode::Undecodable,
-            detail: detail.into(),
-        }
+        Refusal::new(RefusalCode::Undecodable, detail)
     }
 }
 
