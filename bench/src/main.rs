@@ -3,6 +3,7 @@
 //!
 //! Byte figures count HTTP request and response lines, headers and bodies (no TLS).
 
+mod connections;
 mod http;
 
 use std::time::{Duration, Instant};
@@ -16,11 +17,18 @@ use sync_core::{
     DeviceId, Edit, FieldPath, NewReport, Report, ReportId, ReportKind, Role, VillageCode, Writer,
 };
 
-type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+pub(crate) type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 fn main() -> std::process::ExitCode {
     // `run` owns the server: returning (even with an error) stops it.
-    match run() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let outcome = match args.first().map(String::as_str) {
+        Some("connections") => {
+            connections::run(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(400))
+        }
+        _ => run(),
+    };
+    match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("desa-bench: {e}");

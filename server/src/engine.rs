@@ -107,7 +107,13 @@ pub struct Shared {
     pub(crate) committed: tokio::sync::broadcast::Sender<Arc<Vec<ReportId>>>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) held_limits: HeldLimits,
+    /// Actors known to be bound, and to whom (a binding never changes once committed): spares the
+    /// writer a store lookup per group for the actors of apps that sync often.
+    pub(crate) bound: Mutex<LruCache<sync_core::automerge::ActorId, String>>,
 }
+
+/// Bound actors remembered in memory.
+const BOUND_ACTORS: usize = 65_536;
 
 impl Shared {
     pub(crate) fn cache(
@@ -170,6 +176,9 @@ impl Engine {
             committed,
             clock: options.clock,
             held_limits: options.held_limits,
+            bound: Mutex::new(LruCache::new(
+                NonZeroUsize::new(BOUND_ACTORS).unwrap_or(NonZeroUsize::MIN),
+            )),
         });
         let ingestor = Ingestor::start(shared.clone())?;
         Ok(Engine {

@@ -289,10 +289,28 @@ impl GroupActors<'_> {
                 unknown.push(actor.to_bytes().to_vec());
             }
         }
+        if let Ok(mut cache) = self.shared.bound.lock() {
+            unknown.retain(|actor| {
+                let actor = ActorId::from(actor.as_slice());
+                match cache.get(&actor) {
+                    Some(user) => {
+                        self.bound.insert(actor, user.clone());
+                        false
+                    }
+                    None => true,
+                }
+            });
+        }
         if unknown.is_empty() {
             return Ok(());
         }
-        for (actor, user) in self.shared.store.actor_owners(&unknown)? {
+        let found = self.shared.store.actor_owners(&unknown)?;
+        if let Ok(mut cache) = self.shared.bound.lock() {
+            for (actor, user) in &found {
+                cache.put(ActorId::from(actor.as_slice()), user.clone());
+            }
+        }
+        for (actor, user) in found {
             self.bound.insert(ActorId::from(actor), user);
         }
         Ok(())
@@ -680,6 +698,12 @@ fn finish_group(shared: &Shared, group: Vec<Job>, admitted: Admitted, now: i64) 
         }
     }
     let changed: Vec<ReportId> = commit.writes.iter().map(|w| w.row.id).collect();
+    // Committed bindings only: one made by a group that failed to commit is made again.
+    if let Ok(mut bound) = shared.bound.lock() {
+        for b in &commit.bindings {
+            bound.put(ActorId::from(b.actor.as_slice()), b.user.clone());
+        }
+    }
     if let Ok(mut cache) = shared.cache() {
         for (id, s) in staged {
             if s.working.exists || !s.working.held.is_empty() {

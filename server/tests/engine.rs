@@ -503,3 +503,57 @@ fn a_change_that_panics_automerge_is_refused_and_ingestion_goes_on() {
     sync(&mut a, &e);
     assert_eq!(server_json(&e, &id)["title"], "After the attack");
 }
+
+#[test]
+fn a_failed_commit_acknowledges_nothing_and_a_stalled_writer_is_reported() {
+    use common::faulty::{Faulty, Mode};
+    let store = Arc::new(Faulty::new());
+    common::office(store.as_ref());
+    let directory = Arc::new(Directory::load(store.clone()).unwrap());
+    let e = Arc::new(Engine::new(store.clone(), directory, EngineOptions::default()).unwrap());
+    e.seed_village_profiles().unwrap();
+    let mut a = device(1);
+    let id = new_incident(&mut a, "Kept on the device");
+    sync(&mut a, &e);
+    a.edit(id, &[note("first")]).unwrap();
+
+    // The disk fails: the sync is an error, nothing is acknowledged, the device keeps its edit,
+    // and what the server serves is the committed state.
+    store.set(Mode::Fail);
+    let request = a.request();
+    assert!(e.sync(&request, &common::siti_on(1)).is_err());
+    assert_eq!(a.waiting(), 1);
+    assert!(server_json(&e, &id)["notes"].as_array().unwrap().is_empty());
+    let mut fresh = device(2);
+    store.set(Mode::Normal);
+    sync(&mut fresh, &e);
+    assert!(fresh.report(&id).unwrap().to_json()["notes"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    // Once the disk is back, the same request goes through.
+    sync(&mut a, &e);
+    assert_eq!(server_json(&e, &id)["notes"][0]["id"], "first");
+
+    // A writer that cannot finish (a disk that stopped answering) is reported, not hidden.
+    e.probe(std::time::Duration::from_secs(5)).unwrap();
+    store.set(Mode::Stall);
+    a.edit(id, &[note("second")]).unwrap();
+    let stuck = {
+        let (e, request) = (e.clone(), a.request());
+        std::thread::spawn(move || e.sync(&request, &common::siti_on(1)).is_ok())
+    };
+    let since = std::time::Instant::now();
+    while store.stalled() == 0 {
+        assert!(since.elapsed() < std::time::Duration::from_secs(10));
+        std::thread::yield_now();
+    }
+    let probe = e.probe(std::time::Duration::from_millis(300));
+    assert!(
+        matches!(probe, Err(desa_server::engine::EngineError::Unavailable(_))),
+        "{probe:?}"
+    );
+    store.set(Mode::Normal);
+    assert!(stuck.join().unwrap(), "it finishes once the disk answers");
+    e.probe(std::time::Duration::from_secs(5)).unwrap();
+}

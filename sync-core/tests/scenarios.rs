@@ -608,3 +608,44 @@ fn device_sync_state_round_trips_through_json() {
         state
     );
 }
+
+#[test]
+fn a_device_taking_in_a_hostile_feed_gets_an_error_not_a_panic() {
+    use sync_core::protocol::{Delta, FeedItem, ScopeFeed};
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions");
+    let hostile_docs: Vec<Vec<u8>> = std::fs::read_dir(root.join("stored_doc"))
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .filter(|b| b.len() > 16)
+        .collect();
+    let hostile_change = std::fs::read(root.join("change/apply-panics-in-op-set-batch")).unwrap();
+    let mut deltas: Vec<Delta> = hostile_docs
+        .iter()
+        .map(|d| Delta::Snapshot(Bytes(d.clone())))
+        .collect();
+    deltas.push(Delta::Changes(vec![Bytes(hostile_change)]));
+    for delta in deltas {
+        let mut a = device(1);
+        let request = SyncRequest::decode(&a.request()).unwrap();
+        let response = SyncResponse {
+            verdicts: Vec::new(),
+            rebuilds: Vec::new(),
+            feeds: vec![ScopeFeed {
+                scope: request.positions[0].scope,
+                items: vec![FeedItem {
+                    report: sync_core::ReportId::from_random([4; 16]),
+                    delta,
+                }],
+                position: Position {
+                    since: 1,
+                    after: None,
+                },
+            }],
+        };
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            a.handle_response(&response.encode())
+        }));
+        assert!(matches!(outcome, Ok(Err(_))), "a hostile feed is an error");
+        assert!(a.report_ids().is_empty(), "nothing of it is kept");
+    }
+}

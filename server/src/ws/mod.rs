@@ -133,6 +133,9 @@ struct Open {
     in_scope: bool,
 }
 
+/// Documents one connection may have open (each keeps a sync state of a few hundred bytes).
+const MAX_OPEN_DOCUMENTS: usize = 10_000;
+
 /// A sync that goes back and forth this many times without any change moving is stuck (e.g. the
 /// server needs a change the peer believes it already sent, which automerge does not resend on
 /// the same connection): the connection is closed, and the peer reconnects with a fresh state.
@@ -451,6 +454,16 @@ impl Connection {
         // exactly as one the server does not have — its changes are refused by admission with the
         // same words as changes to a missing report, and nothing of it is sent (`answer`).
         let peer_key = self.peer_key();
+        if !self.docs.contains_key(&report) && self.docs.len() >= MAX_OPEN_DOCUMENTS {
+            // Each open document keeps a sync state: a peer cannot make the server hold an
+            // unbounded number (a village holds hundreds of reports, not tens of thousands).
+            self.error(
+                session,
+                format!("{doc_id}: this connection has {MAX_OPEN_DOCUMENTS} documents open (the limit); reconnect to start afresh"),
+            )
+            .await?;
+            return Err(Gone);
+        }
         self.open(report, doc_id.clone());
         // A peer keeps offering a change it still has. One already refused for this peer — or
         // building on one — is dropped without judging it or saying so again: samod treats every

@@ -85,3 +85,4 @@ pub fn coordinator() -> Arc<Principal> {
         access: Access::everywhere(Role::Coordinator),
     })
 }
+pub mod faulty;
