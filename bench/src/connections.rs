@@ -14,15 +14,7 @@ use crate::Res;
 
 /// (RSS, peak RSS) in MiB and the number of threads of a process.
 fn memory_and_threads(pid: u32) -> (f64, f64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |key: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let field = |key: &str| crate::status_field(pid, key);
     (
         field("VmRSS:") / 1024.0,
         field("VmHWM:") / 1024.0,

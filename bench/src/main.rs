@@ -116,6 +116,17 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// A `/proc/PID/status` field (a number, e.g. kB for `VmRSS:`).
+pub(crate) fn status_field(pid: u32, key: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
 /// (utime + stime) of a process, seconds; peak and current RSS, MiB.
 fn process_usage(pid: u32) -> (f64, f64, f64) {
     let ticks = 100.0; // USER_HZ on Linux
@@ -134,15 +145,7 @@ fn process_usage(pid: u32) -> (f64, f64, f64) {
             .get(12)
             .and_then(|s| s.parse::<f64>().ok())
             .unwrap_or(0.0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb = |key: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let kb = |key: &str| status_field(pid, key);
     (cpu / ticks, kb("VmHWM:") / 1024.0, kb("VmRSS:") / 1024.0)
 }
 

@@ -511,7 +511,6 @@ fn submissions(
 ) -> (Vec<Submission>, Vec<HeldChange>) {
     let mut incoming = Vec::with_capacity(s.working.held.len() + changes.len());
     let mut gone = Vec::new();
-    let waiting: HashSet<ChangeHash> = s.working.held.iter().map(|h| h.change.hash()).collect();
     for h in std::mem::take(&mut s.working.held) {
         match shared.directory.principal_of(h.device) {
             Some(by) => incoming.push(Submission {
@@ -522,6 +521,9 @@ fn submissions(
             None => gone.push(h),
         }
     }
+    // A change held for an uploader who is still active keeps that uploader; one whose uploader
+    // is gone is judged anew if this job uploads it again.
+    let waiting: HashSet<ChangeHash> = incoming.iter().map(|s| s.change.hash()).collect();
     incoming.extend(
         changes
             .iter()

@@ -71,13 +71,17 @@ pub fn sync_request(bytes: &[u8]) {
 
 /// Bytes as the server's answer, to a device with a report waiting to be sent.
 pub fn sync_response(bytes: &[u8]) {
-    let Some(v) = village() else { return };
-    let mut device = MemoryDevice::new(DeviceId::from_bytes([1; 16]), v);
-    if device
-        .create(ReportKind::Incident, &crate::sim::sample_fields("fuzz"))
-        .is_ok()
-    {
-        let _ = device.handle_response(bytes);
+    // Made once (creating a report validates it, which is slow), then copied for each input.
+    static DEVICE: OnceLock<Option<MemoryDevice>> = OnceLock::new();
+    let waiting = DEVICE.get_or_init(|| {
+        let mut device = MemoryDevice::new(DeviceId::from_bytes([1; 16]), village()?);
+        device
+            .create(ReportKind::Incident, &crate::sim::sample_fields("fuzz"))
+            .ok()?;
+        Some(device)
+    });
+    if let Some(device) = waiting {
+        let _ = device.clone().handle_response(bytes);
     }
 }
 

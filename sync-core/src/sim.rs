@@ -101,11 +101,26 @@ pub struct MemoryServer {
     person: Option<String>,
 }
 
-/// The simulator's directory: devices (each its own person) and bound actors.
+/// An in-memory directory for the authorship rules: which person owns which device, and the actors
+/// bound to their first uploader. The simulator's; tests use it too.
 #[derive(Debug, Default)]
-struct Book {
+pub struct Book {
     devices: HashMap<DeviceId, String>,
     bound: HashMap<ActorId, String>,
+}
+
+impl Book {
+    /// Record that `device` belongs to `user` (a device of the office).
+    pub fn enrol(&mut self, device: DeviceId, user: &str) {
+        self.devices.insert(device, user.to_owned());
+    }
+
+    /// Record the bindings an admission made.
+    pub fn bind(&mut self, bindings: &[rules::Binding]) {
+        for b in bindings {
+            self.bound.insert(b.actor.clone(), b.user.clone());
+        }
+    }
 }
 
 impl Actors for Book {
@@ -191,11 +206,7 @@ impl MemoryServer {
             now: self.clock_ms,
         };
         let admission = rules::admit(&mut doc, id, all, &mut judge);
-        for binding in &admission.bindings {
-            self.book
-                .bound
-                .insert(binding.actor.clone(), binding.user.clone());
-        }
+        self.book.bind(&admission.bindings);
         if !admission.held.is_empty() {
             self.held.insert(id, admission.held.clone());
         }
@@ -273,10 +284,9 @@ impl MemoryServer {
             principal.user = user.clone();
         }
         let principal = Arc::new(principal);
-        self.book
-            .devices
-            .entry(request.device)
-            .or_insert_with(|| principal.user.clone());
+        if !self.book.devices.contains_key(&request.device) {
+            self.book.enrol(request.device, &principal.user);
+        }
         let mut judged = HashMap::new();
         for (id, changes) in plan.reports() {
             let verdicts = self.ingest(*id, changes.clone(), &principal, Origin::Uploaded);

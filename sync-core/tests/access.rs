@@ -3,16 +3,15 @@
 //! bounded, authorship, forbidden characters, and changes that make automerge panic.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use sync_core::automerge::transaction::{CommitOptions, Transactable};
 use sync_core::automerge::{ActorId, Automerge, Change, ROOT};
 use sync_core::rules::{
-    admit, Access, Actors, Admission, HeldBudget, HeldLimits, Judge, Origin, Principal, Submission,
+    admit, Access, Admission, HeldBudget, HeldLimits, Judge, Origin, Principal, Submission,
     NOT_PERMITTED_DETAIL,
 };
-use sync_core::sim::{sample_incident, volunteer};
+use sync_core::sim::{sample_incident, volunteer, Book};
 use sync_core::{
     DeviceId, Edit, FieldPath, Refusal, RefusalCode, Report, ReportId, Role, Verdict, VillageCode,
     Writer,
@@ -26,22 +25,6 @@ fn verdict_code(v: &Verdict) -> Option<RefusalCode> {
     match v {
         Verdict::Refused(r) => Some(r.code),
         _ => None,
-    }
-}
-
-/// The directory of a small office: who owns which device and which bound actor.
-#[derive(Default)]
-struct Book {
-    devices: HashMap<DeviceId, String>,
-    bound: HashMap<ActorId, String>,
-}
-
-impl Actors for Book {
-    fn device_owner(&self, device: DeviceId) -> Option<String> {
-        self.devices.get(&device).cloned()
-    }
-    fn actor_owner(&self, actor: &ActorId) -> Option<String> {
-        self.bound.get(actor).cloned()
     }
 }
 
@@ -68,7 +51,7 @@ impl Office {
     /// A person with one device.
     fn person(&mut self, user: &str, device: u8, access: Access) -> Arc<Principal> {
         let device = DeviceId::from_bytes([device; 16]);
-        self.book.devices.insert(device, user.into());
+        self.book.enrol(device, user);
         Arc::new(Principal {
             user: user.into(),
             device,
@@ -96,9 +79,7 @@ impl Office {
             now: self.now,
         };
         let admission = admit(doc, id, incoming, &mut judge);
-        for b in &admission.bindings {
-            self.book.bound.insert(b.actor.clone(), b.user.clone());
-        }
+        self.book.bind(&admission.bindings);
         admission
     }
 

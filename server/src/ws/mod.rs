@@ -111,6 +111,17 @@ pub async fn route(
     Ok(response)
 }
 
+/// Run engine work off the executor; its error and the pool's as one text (for the log).
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, String> {
+    match web::block(f).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Shared server state registered at startup.
 fn app_data<T: 'static>(req: &HttpRequest) -> Result<web::Data<T>, ApiError> {
     req.app_data::<web::Data<T>>()
@@ -479,15 +490,9 @@ impl Connection {
             let engine = self.engine.clone();
             let principal = self.principal.clone();
             let judged =
-                web::block(move || engine.ingest(vec![(report, fresh)], &principal, Via::Ws)).await;
+                blocking(move || engine.ingest(vec![(report, fresh)], &principal, Via::Ws)).await;
             let verdicts = match judged {
-                Ok(Ok(mut j)) => j.remove(&report).unwrap_or_default(),
-                Ok(Err(e)) => {
-                    tracing::warn!(connection = self.id, %report, error = %e, "ws ingest failed");
-                    return self
-                        .error(session, format!("{doc_id}: not stored: the server could not store changes now; try again"))
-                        .await;
-                }
+                Ok(mut j) => j.remove(&report).unwrap_or_default(),
                 Err(e) => {
                     tracing::warn!(connection = self.id, %report, error = %e, "ws ingest failed");
                     return self
@@ -538,7 +543,7 @@ impl Connection {
         let engine = self.engine.clone();
         let principal = self.principal.clone();
         let carried = incoming.as_ref().is_some_and(|(_, carried)| *carried);
-        let outcome = web::block(
+        let outcome = blocking(
             move || -> Result<(SyncState, Reply, Vec<ChangeHash>, bool), EngineError> {
                 // A report's village is fixed at creation: checked once per connection.
                 let in_scope = |w: &crate::engine::Working| {
@@ -591,17 +596,8 @@ impl Connection {
         )
         .await;
         let (state, reply, heads, scope_checked) = match outcome {
-            Ok(Ok(o)) => o,
+            Ok(o) => o,
             // Details stay in the log: an error about a report names nothing of it.
-            Ok(Err(e)) => {
-                tracing::warn!(connection = self.id, %report, error = %e, "ws answer failed");
-                return self
-                    .error(
-                        session,
-                        format!("{doc_id}: the server could not answer for this document now"),
-                    )
-                    .await;
-            }
             Err(e) => {
                 tracing::warn!(connection = self.id, %report, error = %e, "ws answer failed");
                 return self
