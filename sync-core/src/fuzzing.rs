@@ -143,7 +143,7 @@ pub fn ws_message(bytes: &[u8]) {
     let Ok(mut sync) = automerge::sync::Message::decode(data) else {
         return;
     };
-    if let Ok(changes) = changes_of(&sync) {
+    if let Ok(changes) = changes_of(&sync, &Automerge::new()).map(|u| u.changes) {
         if !changes.is_empty() {
             admit_uploaded(&mut Automerge::new(), report, changes);
         }

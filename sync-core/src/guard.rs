@@ -39,6 +39,21 @@ pub fn parse_change(bytes: Vec<u8>) -> Result<Change, Contained> {
     contain(|| Change::from_bytes(bytes))?.map_err(|e| Contained::Error(e.to_string()))
 }
 
+/// The changes of an automerge bundle (several changes compressed together; automerge 3 sends
+/// them). A bundle is read with the bundle parser: its changes may build on changes outside it.
+pub fn bundle_changes(bytes: &[u8]) -> Result<Vec<Change>, Contained> {
+    let bundle = contain(|| automerge::Bundle::try_from(bytes))?
+        .map_err(|e| Contained::Error(e.to_string()))?;
+    contain(|| bundle.to_changes())?.map_err(|e| Contained::Error(e.to_string()))
+}
+
+/// `load_incremental` of untrusted bytes into `doc`: it applies what it can and queues changes
+/// whose dependencies `doc` lacks. Only ever on a scratch document (queued changes would later be
+/// applied unchecked); on `Err(Contained::Panic)` the caller must discard it.
+pub fn load_incremental(doc: &mut Automerge, bytes: &[u8]) -> Result<usize, Contained> {
+    contain(|| doc.load_incremental(bytes))?.map_err(|e| Contained::Error(e.to_string()))
+}
+
 /// An automerge sync message from untrusted bytes.
 pub fn sync_message(bytes: &[u8]) -> Result<sync::Message, Contained> {
     contain(|| sync::Message::decode(bytes))?.map_err(|e| Contained::Error(e.to_string()))

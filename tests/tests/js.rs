@@ -97,3 +97,46 @@ fn javascript_clients_sync_through_desa_sync_and_interoperate_with_the_cli() {
     fresh.sync();
     assert_eq!(fresh.show(&id)["document"], doc);
 }
+
+/// Apps that edit while connected, never waiting for the server (`tests/js/nowait.mjs`): three
+/// clients with their own tokens edit five reports each every 20 ms for 10 s, then a fresh client
+/// must find every edit; then two clients type into one narrative character by character.
+#[test]
+fn apps_editing_without_waiting_lose_no_edit() {
+    let dir = tempfile::tempdir().unwrap();
+    // Typing is fast: the per-device request rate of the field (20/s) would slow it down (the
+    // server waits before reading on), not lose anything — the test is about losing nothing.
+    let server = Server::start(
+        dir.path(),
+        &["--rate-limit", "1000", "--rate-burst", "10000"],
+    );
+    let villages = ["6302010001", "6302010002", "6302010003", "6302010004"];
+    let tokens: Vec<String> = ["ani", "budi", "citra", "fresh"]
+        .iter()
+        .map(|name| server.token(name, "volunteer", &villages))
+        .collect();
+    let out = Command::new("node")
+        .arg("nowait.mjs")
+        .args(["--ws", &server.ws_url(&tokens[0])])
+        .args(["--http", &server.url])
+        .args(["--tokens", &tokens.join(",")])
+        .args([
+            "--reports",
+            "5",
+            "--seconds",
+            "10",
+            "--interval",
+            "20",
+            "--typing",
+            "200",
+        ])
+        .current_dir(js_dir())
+        .output()
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && stdout.contains(" passed, 0 failed"),
+        "editing without waiting lost edits:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -456,10 +456,34 @@ impl Connection {
                     .await
             }
         };
-        let changes = match changes_of(&message) {
-            Ok(c) => c,
+        let unpacked = if message.changes.is_empty() {
+            Ok(Default::default())
+        } else {
+            // Chunks that build on the report (automerge 3's partial documents) are read on top
+            // of it — only of a report this peer may see: what can be read must not depend on
+            // another village's document.
+            let (engine, principal) = (self.engine.clone(), self.principal.clone());
+            let message = message.clone();
+            blocking(move || {
+                let base = engine
+                    .working(&report)?
+                    .filter(|w| w.exists)
+                    .filter(|w| report_village(&w.doc).is_some_and(|v| principal.access.covers(v)))
+                    .map(|w| w.doc.clone())
+                    .unwrap_or_default();
+                Ok(changes_of(&message, &base))
+            })
+            .await
+            .and_then(|r| r)
+        };
+        let unpacked = match unpacked {
+            Ok(u) => u,
             Err(e) => return self.error(session, format!("{doc_id}: {e}")).await,
         };
+        if unpacked.incomplete {
+            tracing::debug!(connection = self.id, %report, "a chunk builds on changes the server lacks; asking the peer for them");
+        }
+        let changes = unpacked.changes;
         let carried = !changes.is_empty();
         // No check of the document's village here: a document of another village is answered
         // exactly as one the server does not have — its changes are refused by admission with the

@@ -354,17 +354,110 @@ impl RepoMessage {
     }
 }
 
-/// The changes carried by an automerge sync message, one by one (so that each can be judged):
-/// a chunk is either one change (sync message V1) or a whole document (V2), which is expanded.
-pub fn changes_of(message: &automerge::sync::Message) -> Result<Vec<automerge::Change>, String> {
+/// The changes a sync message carries, unpacked for judging.
+#[derive(Debug, Default)]
+pub struct Unpacked {
+    /// Every change the message's chunks hold that could be read, one by one.
+    pub changes: Vec<automerge::Change>,
+    /// Whether a chunk held changes whose dependencies are in neither the base document nor the
+    /// message: those could not be read (automerge reads a partial document only on top of what
+    /// it builds on), and the peer sends them again when the server's next message asks for what
+    /// it lacks.
+    pub incomplete: bool,
+}
+
+/// automerge's chunk types (the byte after the magic and the checksum).
+const DOCUMENT: u8 = 0;
+const CHANGE: u8 = 1;
+const COMPRESSED_CHANGE: u8 = 2;
+const BUNDLE: u8 = 3;
+
+/// Split one entry of a sync message's change list into the automerge chunks it holds: automerge
+/// 0.12's V2 messages concatenate change chunks into one entry. Each chunk is magic (4 bytes),
+/// checksum (4), type (1), length (unsigned LEB128), then that many bytes.
+fn split_chunks(mut bytes: &[u8]) -> Result<Vec<(u8, &[u8])>, String> {
     let mut out = Vec::new();
-    for chunk in message.changes.iter() {
-        match crate::guard::parse_change(chunk.to_vec()) {
-            Ok(change) => out.push(change),
-            Err(_) => {
-                let doc =
-                    crate::guard::load(chunk).map_err(|e| format!("sync message chunk: {e}"))?;
-                out.extend(doc.get_changes(&[]));
+    while !bytes.is_empty() {
+        if bytes.len() < 10 || bytes[..4] != [0x85, 0x6f, 0x4a, 0x83] {
+            return Err("not an automerge chunk".into());
+        }
+        let kind = bytes[8];
+        let (mut length, mut shift, mut at) = (0u64, 0u32, 9usize);
+        loop {
+            let byte = *bytes.get(at).ok_or("truncated chunk length")?;
+            if shift >= 64 {
+                return Err("chunk length too long".into());
+            }
+            length |= u64::from(byte & 0x7f) << shift;
+            shift += 7;
+            at += 1;
+            if byte & 0x80 == 0 {
+                break;
+            }
+        }
+        let end = usize::try_from(length)
+            .ok()
+            .and_then(|l| at.checked_add(l))
+            .filter(|end| *end <= bytes.len())
+            .ok_or("chunk longer than the message")?;
+        out.push((kind, &bytes[..end]));
+        bytes = &bytes[end..];
+    }
+    Ok(out)
+}
+
+/// The changes carried by an automerge sync message, one by one (so that each can be judged),
+/// whatever its entries pack them in: one change, several change chunks end to end (automerge
+/// 0.12's V2 messages), a bundle, a whole document, or a *partial* document — automerge 3's way of
+/// sending several changes — whose changes build on changes `base` (the receiver's document) or
+/// earlier chunks already hold, and which automerge reads only on top of them.
+///
+/// `base` must be a document the sender may see (the report as stored, for a peer of its
+/// village), or an empty one: which chunks can be read must not depend on a document the sender
+/// may not see.
+pub fn changes_of(
+    message: &automerge::sync::Message,
+    base: &automerge::Automerge,
+) -> Result<Unpacked, String> {
+    let mut out = Unpacked::default();
+    // The base with what the message carried so far, built when a partial document needs it.
+    let mut scratch: Option<automerge::Automerge> = None;
+    for entry in message.changes.iter() {
+        for (kind, chunk) in split_chunks(entry)? {
+            let read = match kind {
+                CHANGE | COMPRESSED_CHANGE => {
+                    crate::guard::parse_change(chunk.to_vec()).map(|c| vec![c])
+                }
+                BUNDLE => crate::guard::bundle_changes(chunk),
+                DOCUMENT => {
+                    // A whole or a partial document, read on top of what it may build on; only
+                    // the changes the base lacks come out.
+                    let s = match scratch.as_mut() {
+                        Some(s) => s,
+                        None => {
+                            let mut s = base.clone();
+                            let _ = crate::guard::apply(&mut s, out.changes.clone());
+                            scratch.insert(s)
+                        }
+                    };
+                    let before = s.get_heads();
+                    crate::guard::load_incremental(s, chunk)
+                        .map_err(|e| format!("sync message document chunk: {e}"))?;
+                    out.incomplete |= !automerge::ReadDoc::get_missing_deps(s, &[]).is_empty();
+                    out.changes.extend(s.get_changes(&before));
+                    continue;
+                }
+                other => return Err(format!("unknown automerge chunk type {other}")),
+            };
+            match read {
+                Ok(changes) => {
+                    if let Some(s) = scratch.as_mut() {
+                        // Best effort: a change that does not apply here is judged later.
+                        let _ = crate::guard::apply(s, changes.clone());
+                    }
+                    out.changes.extend(changes);
+                }
+                Err(e) => return Err(format!("sync message chunk: {e}")),
             }
         }
     }
@@ -483,5 +576,61 @@ mod tests {
             RepoMessage::decode(&sync_without_doc),
             Err(RepoWireError::Missing { .. })
         ));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod unpack_tests {
+    use automerge::sync::{Message, State, SyncDoc};
+    use automerge::transaction::Transactable;
+    use automerge::{Automerge, ROOT};
+
+    use super::changes_of;
+
+    /// A document with one change, and three more changes on top of it, each building on the last.
+    fn base_and_three() -> (Automerge, Automerge) {
+        let mut doc = Automerge::new();
+        let mut tx = doc.transaction();
+        tx.put(ROOT, "title", "first").unwrap();
+        tx.commit();
+        let base = doc.clone();
+        for i in 0..3 {
+            let mut tx = doc.transaction();
+            tx.put(ROOT, "title", format!("edit {i}")).unwrap();
+            tx.commit();
+        }
+        (base, doc)
+    }
+
+    fn message_with(entries: Vec<Vec<u8>>) -> Message {
+        let mut m = Automerge::new()
+            .generate_sync_message(&mut State::new())
+            .unwrap();
+        m.changes = entries.into();
+        m
+    }
+
+    #[test]
+    fn change_chunks_end_to_end_and_bundles_are_read_change_by_change() {
+        let (base, doc) = base_and_three();
+        let new = doc.get_changes(&base.get_heads());
+        // automerge 0.12's V2 message: the changes' chunks concatenated in one entry.
+        let joined = message_with(vec![doc.save_after(&base.get_heads())]);
+        let hashes = |cs: &[automerge::Change]| cs.iter().map(|c| c.hash()).collect::<Vec<_>>();
+        let unpacked = changes_of(&joined, &base).unwrap();
+        assert_eq!(hashes(&unpacked.changes), hashes(&new));
+        assert!(!unpacked.incomplete);
+        // A bundle of the three: its changes build on the base, which the reader does not need.
+        let bundle = doc.bundle(new.iter().map(|c| c.hash())).unwrap();
+        let bundled = message_with(vec![bundle.bytes().to_vec()]);
+        let unpacked = changes_of(&bundled, &Automerge::new()).unwrap();
+        assert_eq!(hashes(&unpacked.changes), hashes(&new));
+        // A whole document: only what the base lacks comes out.
+        let whole = message_with(vec![doc.save()]);
+        let unpacked = changes_of(&whole, &base).unwrap();
+        assert_eq!(unpacked.changes.len(), 3);
+        // Garbage is an error, not a panic.
+        assert!(changes_of(&message_with(vec![vec![0x85, 0x6f, 0x4a, 0x83, 1]]), &base).is_err());
     }
 }
