@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use sync_core::{DeviceId, DeviceToken, Role, VillageCode};
 
-use crate::audit::{self, Action, AuditEvent, AuditKey, Head, Who};
+use crate::audit::{self, Action, AuditKey, Who};
 use crate::clock::now_ms;
 use crate::store::{DeviceRecord, Store, StoreError, UserRecord};
 
@@ -64,7 +64,7 @@ pub fn add_user(
         created_at: now_ms(),
         removed_at: None,
     };
-    let event = AuditEvent::now(
+    let event = audit::now(
         operator(),
         Action::UserAdd {
             name: name.to_owned(),
@@ -129,7 +129,7 @@ pub fn set_user(
             village_text(&villages)
         ));
     }
-    let event = AuditEvent::now(
+    let event = audit::now(
         operator(),
         Action::UserUpdate {
             name: name.to_owned(),
@@ -163,7 +163,7 @@ pub fn remove_user(store: &dyn Store, name: &str) -> Result<String, AdminError> 
         .into_iter()
         .filter(|d| d.user == name && d.revoked_at.is_none())
         .count();
-    let event = AuditEvent::now(
+    let event = audit::now(
         operator(),
         Action::UserRemove {
             name: name.to_owned(),
@@ -227,7 +227,7 @@ pub fn add_device(store: &dyn Store, user: &str, secret: [u8; 32]) -> Result<Str
         created_at: now_ms(),
         revoked_at: None,
     };
-    let event = AuditEvent::now(
+    let event = audit::now(
         operator(),
         Action::DeviceAdd {
             user: user.to_owned(),
@@ -248,7 +248,7 @@ pub fn revoke_device(store: &dyn Store, device: &str) -> Result<String, AdminErr
     let id: DeviceId = device
         .parse()
         .map_err(|_| AdminError::Invalid(format!("{device:?} is not a device id (a UUID)")))?;
-    let event = AuditEvent::now(
+    let event = audit::now(
         operator(),
         Action::DeviceRevoke {
             device: id.to_string(),
@@ -308,7 +308,7 @@ pub fn verify_audit(
     anchor: Option<&std::path::Path>,
 ) -> Result<String, AdminError> {
     let head = match anchor {
-        Some(path) => Head::load(path).map_err(AdminError::Anchor)?,
+        Some(path) => audit::anchor::load(path).map_err(AdminError::Anchor)?,
         None => None,
     };
     let mut entries = Vec::new();

@@ -45,6 +45,12 @@ pub enum ApiError {
     /// Something failed on the server (500); nothing was acknowledged.
     #[error("{0}")]
     Internal(String),
+    /// The store failed (500); nothing was acknowledged. The store's error is the source.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// An answer could not be encoded (500).
+    #[error("encoding the answer: {0}")]
+    Encoding(#[from] serde_json::Error),
     /// The server cannot take writes now (503); nothing was acknowledged. Try again later.
     #[error("{0}")]
     Unavailable(String),
@@ -64,7 +70,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::RateLimited { .. } => "rate_limited",
-            ApiError::Internal(_) => "internal",
+            ApiError::Internal(_) | ApiError::Store(_) | ApiError::Encoding(_) => "internal",
             ApiError::Unavailable(_) => "unavailable",
         }
     }
@@ -80,14 +86,22 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Internal(_) | ApiError::Store(_) | ApiError::Encoding(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
-        if let ApiError::Internal(detail) | ApiError::Unavailable(detail) = self {
-            tracing::error!(%detail, "request failed");
+        match self {
+            ApiError::Internal(_)
+            | ApiError::Unavailable(_)
+            | ApiError::Store(_)
+            | ApiError::Encoding(_) => {
+                tracing::error!(error = %self, source = ?std::error::Error::source(self), "request failed");
+            }
+            _ => {}
         }
         let mut answer = HttpResponse::build(self.status_code());
         if let ApiError::Unauthorized(_) = self {
@@ -123,7 +137,8 @@ impl From<EngineError> for ApiError {
             EngineError::Forbidden(why) => ApiError::Forbidden(why),
             EngineError::Refused(r) => ApiError::Refused(r.to_string()),
             EngineError::BadEdit(e) => ApiError::BadRequest(e),
-            e @ (EngineError::Store(_) | EngineError::Corrupt(..) | EngineError::Poisoned) => {
+            EngineError::Store(e) => ApiError::Store(e),
+            e @ (EngineError::Corrupt(..) | EngineError::Poisoned) => {
                 ApiError::Internal(e.to_string())
             }
             EngineError::Unavailable(why) => ApiError::Unavailable(why),

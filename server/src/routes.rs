@@ -195,20 +195,13 @@ fn visible_document(
     caller: &Principal,
     row: &ReportRow,
 ) -> Result<(Box<RawValue>, Option<Vec<String>>), ApiError> {
-    let internal = |e: serde_json::Error| ApiError::Internal(e.to_string());
     if caller.access.sees_sensitive() {
-        return Ok((
-            RawValue::from_string(row.json.clone()).map_err(internal)?,
-            None,
-        ));
+        return Ok((RawValue::from_string(row.json.clone())?, None));
     }
-    let mut value: serde_json::Value = serde_json::from_str(&row.json).map_err(internal)?;
+    let mut value: serde_json::Value = serde_json::from_str(&row.json)?;
     let redacted = sync_core::redact::redact(row.kind, &mut value);
-    let text = serde_json::to_string(&value).map_err(internal)?;
-    Ok((
-        RawValue::from_string(text).map_err(internal)?,
-        Some(redacted),
-    ))
+    let text = serde_json::to_string(&value)?;
+    Ok((RawValue::from_string(text)?, Some(redacted)))
 }
 
 impl ListParams {
@@ -248,9 +241,8 @@ fn scoped_query(
     caller: &Principal,
     query: &ReportQuery,
 ) -> Result<Vec<ReportRow>, ApiError> {
-    let internal = |e: crate::store::StoreError| ApiError::Internal(e.to_string());
     let Some(villages) = caller.access.villages() else {
-        return store.query(query).map_err(internal);
+        return Ok(store.query(query)?);
     };
     let mut rows = Vec::new();
     for village in villages {
@@ -259,7 +251,7 @@ fn scoped_query(
         if in_filter {
             let mut q = query.clone();
             q.village = Some(*village);
-            rows.extend(store.query(&q).map_err(internal)?);
+            rows.extend(store.query(&q)?);
         }
     }
     rows.sort_by_key(|r| (r.last_seq, r.id));
@@ -336,9 +328,7 @@ async fn export(
     for row in &rows {
         let (document, redacted) = visible_document(&caller, row)?;
         let item = ReportItem::new(row, &document).with_redacted(redacted);
-        body.push_str(
-            &serde_json::to_string(&item).map_err(|e| ApiError::Internal(e.to_string()))?,
-        );
+        body.push_str(&serde_json::to_string(&item)?);
         body.push('\n');
     }
     audit(
@@ -385,22 +375,16 @@ async fn get_report(
     let (audit_engine, who) = (engine.clone(), caller.clone());
     let body = web::block(move || -> Result<String, ApiError> {
         let not_found = || ApiError::NotFound(format!("no report {id}"));
-        let row = engine
-            .store()
-            .row(&id)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let row = engine.store().row(&id)?;
         // Outside the caller's villages answers exactly as a report that does not exist.
         let row = row
             .filter(|r| who.access.covers(r.village))
             .ok_or_else(not_found)?;
         let working = engine.working(&id)?.ok_or_else(not_found)?;
-        let receipts = engine
-            .store()
-            .change_receipts(&id)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let receipts = engine.store().change_receipts(&id)?;
         let (document, redacted) = visible_document(&who, &row)?;
         let view = ReportView::new(&row, &document, &working.doc, &receipts, redacted);
-        serde_json::to_string(&view).map_err(|e| ApiError::Internal(e.to_string()))
+        Ok(serde_json::to_string(&view)?)
     })
     .await??;
     audit(
@@ -482,9 +466,7 @@ async fn patch_report(
 
 async fn villages(caller: Caller, engine: web::Data<Engine>) -> Result<HttpResponse, ApiError> {
     let store = engine.store().clone();
-    let counts = web::block(move || store.village_counts())
-        .await?
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let counts = web::block(move || store.village_counts()).await??;
     let mut per_village: BTreeMap<VillageCode, BTreeMap<&'static str, u64>> = BTreeMap::new();
     for c in counts {
         per_village
@@ -554,9 +536,7 @@ async fn audit_log(
     let after = params.after.unwrap_or(0);
     let limit = page_limit(params.limit)?;
     let store = engine.store().clone();
-    let entries = web::block(move || store.audit_entries(after, limit))
-        .await?
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let entries = web::block(move || store.audit_entries(after, limit)).await??;
     let items = entries
         .iter()
         .map(|e| {

@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use desa_server::admin::{self, AdminError};
-use desa_server::audit::{Action, AuditEvent, AuditKey, Tamper, Who};
+use desa_server::audit::{Action, AuditKey, Tamper, Who};
 use desa_server::store::sqlite::{Encryption, SqliteStore};
-use desa_server::store::Store;
+use desa_server::store::AuditStore;
 
 const KEY: [u8; 32] = [0x42; 32];
 
@@ -33,7 +33,7 @@ fn trail() -> Trail {
     let store = open(&db, &anchor);
     for n in 1..=5 {
         store
-            .append_audit(&[AuditEvent::now(
+            .append_audit(&[desa_server::audit::now(
                 Who {
                     user: format!("user{n}"),
                     role: "analyst".into(),

@@ -12,7 +12,7 @@ mod common;
 use desa_server::audit::AuditKey;
 use desa_server::engine::Engine;
 use desa_server::store::sqlite::{Encryption, SqliteStore};
-use desa_server::store::{ReportQuery, Store, StoreError};
+use desa_server::store::{ReportQuery, ReportStore, StoreError};
 use serde_json::json;
 use sync_core::sim::MemoryDevice;
 use sync_core::{DeviceId, Edit, FieldPath, ReportId, ReportKind, VillageCode};

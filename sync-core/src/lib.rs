@@ -22,6 +22,7 @@
 //!
 //! Validation is of the merged state: schema ([`schema`], files in `schemas/`) plus the rules above.
 
+pub mod audit;
 pub mod edit;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -35,6 +36,7 @@ pub mod report;
 pub mod rules;
 pub mod schema;
 pub mod sim;
+pub mod store;
 mod token;
 pub mod view;
 mod village;

@@ -22,7 +22,7 @@
 
 use std::fs;
 use std::io::{self, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use argon2::{Algorithm, Argon2, Params, Version};
 use rusqlite::{Connection, ErrorCode, OpenFlags};
@@ -47,9 +47,6 @@ pub const KEY_BYTES: usize = 32;
 /// Bytes of salt, stored as the first bytes of the database file.
 pub const SALT_BYTES: usize = 16;
 
-/// How an unencrypted SQLite database begins.
-const PLAINTEXT_HEADER: &[u8; SALT_BYTES] = b"SQLite format 3\0";
-
 /// What the first bytes of a store file say it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -73,7 +70,7 @@ pub fn format(path: &Path) -> Result<Format, StoreError> {
     })?;
     let mut header = [0u8; SALT_BYTES];
     match file.read_exact(&mut header) {
-        Ok(()) if &header == PLAINTEXT_HEADER => Ok(Format::Plaintext),
+        Ok(()) if &header == desa_cipher::PLAINTEXT_HEADER => Ok(Format::Plaintext),
         Ok(()) => Ok(Format::Encrypted { salt: header }),
         // Shorter than a header: not a database at all (SQLCipher writes whole pages).
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
@@ -125,55 +122,17 @@ impl StoreKey {
         self.salt
     }
 
-    /// SQLCipher's raw key with explicit salt: `x'<key hex><salt hex>'`.
-    fn sql_value(&self) -> Zeroizing<String> {
-        let mut text = Zeroizing::new(String::with_capacity(3 + 2 * (KEY_BYTES + SALT_BYTES)));
-        text.push_str("x'");
-        for byte in self.key.iter().chain(self.salt.iter()) {
-            push_hex(&mut text, *byte);
-        }
-        text.push('\'');
-        text
+    /// The key for SQLCipher: raw key and salt (`x'<key hex><salt hex>'`).
+    fn cipher(&self) -> desa_cipher::Key {
+        desa_cipher::Key::raw_with_salt(&self.key, &self.salt)
     }
-}
-
-fn push_hex(text: &mut String, byte: u8) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    text.push(char::from(DIGITS[usize::from(byte >> 4)]));
-    text.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
-}
-
-/// Turn off SQLCipher's own log. It writes `ERROR CORE ...` lines to stderr when a page fails to
-/// decrypt (a wrong passphrase), which would bury the one message the volunteer needs. The log
-/// settings are process-wide and set up when the library initialises (the first open), so this
-/// runs after opening, on every connection.
-/// Serializes keying connections (see [`open_keyed`]).
-static KEYING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn quiet(conn: &Connection) -> Result<(), StoreError> {
-    conn.query_row("PRAGMA cipher_log_level = NONE", [], |_| Ok(()))?;
-    conn.query_row("PRAGMA cipher_log = off", [], |_| Ok(()))?;
-    Ok(())
 }
 
 /// Open `path` with `key` without touching the file: SQLCipher reads nothing until the first
 /// statement.
 pub(super) fn open_keyed(path: &Path, key: &StoreKey) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
-    // One connection keyed at a time per process (SQLCipher sets its crypto provider up and
-    // down with the first and last codec; the server saw a keying race once under parallel tests).
-    let _keying = KEYING
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    quiet(&conn)?;
-    let pragma = Zeroizing::new(format!("PRAGMA key = \"{}\";", key.sql_value().as_str()));
-    // Keying has failed once in a while on a loaded machine (tests opening stores in parallel
-    // with heavy IO), with SQLCipher's catch-all "An error occurred with PRAGMA key": a second
-    // attempt on the same connection succeeds. The server does the same (server/src/store/
-    // cipher.rs).
-    if conn.execute_batch(&pragma).is_err() {
-        conn.execute_batch(&pragma)?;
-    }
+    desa_cipher::key_connection(&conn, &key.cipher())?;
     Ok(conn)
 }
 
@@ -211,30 +170,11 @@ pub fn connect(path: &Path, passphrase: &Passphrase) -> Result<Connected, StoreE
     })
 }
 
-/// `path` with `suffix` added to its file name.
-fn sibling(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
-}
-
-fn remove_if_present(path: &Path) -> Result<(), StoreError> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StoreError::Io {
-            path: path.to_owned(),
-            source: e,
-        }),
-        _ => Ok(()),
-    }
-}
-
 /// Encrypt a plaintext store in place, keeping everything it holds; returns the new salt.
 ///
-/// Crash safety: the encrypted copy is written beside the store (`<store>.encrypting`), made
-/// durable, checked (every table has as many rows as in the original), and only then renamed over
-/// the original, which is atomic. Before the rename, the original is whole: its write-ahead log
-/// was checkpointed into the file first, so removing the stale `-wal`/`-shm` (which would
-/// otherwise be replayed into the encrypted database) loses nothing. A crash at any point leaves
+/// [`desa_cipher::encrypt_in_place`] does it crash-safely: an encrypted copy is written beside the
+/// store, made durable, checked (every table has as many rows as in the original, the salt leads
+/// the file), and only then renamed over the original, which is atomic. A crash at any point leaves
 /// either the whole plaintext store, migrated again at the next open, or the whole encrypted one.
 ///
 /// The old file's blocks are freed, not overwritten: flash storage cannot promise to erase them.
@@ -243,116 +183,23 @@ pub fn encrypt_plaintext(
     path: &Path,
     passphrase: &Passphrase,
 ) -> Result<[u8; SALT_BYTES], StoreError> {
-    let tmp = sibling(path, ".encrypting");
-    // Left by an interrupted attempt; the original is still whole, so start again.
-    remove_if_present(&tmp)?;
-    remove_if_present(&sibling(&tmp, "-journal"))?;
-    private_file(&tmp).map_err(|source| StoreError::Io {
-        path: tmp.clone(),
-        source,
-    })?;
-    let key = StoreKey::fresh(passphrase)?;
-    if let Err(e) = export(path, &tmp, &key) {
-        // Best effort: the export's error is the one worth showing.
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    let io_error = |path: &Path| {
-        let path = path.to_owned();
-        move |source| StoreError::Io { path, source }
-    };
-    fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io_error(&tmp))?;
-    if format(&tmp)? != (Format::Encrypted { salt: key.salt() }) {
-        let _ = fs::remove_file(&tmp);
-        return Err(StoreError::Setup(
-            "SQLCipher did not write the salt at the start of the encrypted copy".into(),
-        ));
-    }
-    remove_if_present(&sibling(path, "-wal"))?;
-    remove_if_present(&sibling(path, "-shm"))?;
-    fs::rename(&tmp, path).map_err(io_error(path))?;
-    sync_dir(path)?;
-    Ok(key.salt())
-}
-
-/// Copy the plaintext store at `path` into the new encrypted database `tmp`.
-fn export(path: &Path, tmp: &Path, key: &StoreKey) -> Result<(), StoreError> {
-    let plain = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
-    quiet(&plain)?;
-    plain.busy_timeout(std::time::Duration::from_secs(10))?;
-    let version = schema::version(&plain)?;
-    if version == 0 {
-        return Err(StoreError::NotAStore(path.to_owned()));
-    }
-    // Fold the write-ahead log into the file: then the file alone is the whole store.
-    let busy: i64 = plain.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))?;
-    if busy != 0 {
-        return Err(StoreError::Setup(
-            "another desa is using the store; try again when it has finished".into(),
-        ));
-    }
-    let tmp_text = tmp
-        .to_str()
-        .ok_or_else(|| StoreError::Setup(format!("{} is not a UTF-8 path", tmp.display())))?;
     {
-        let _keying = KEYING
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        plain.execute(
-            "ATTACH DATABASE ?1 AS encrypted KEY ?2",
-            rusqlite::params![tmp_text, key.sql_value().as_str()],
-        )?;
-    }
-    // One transaction: the copy is of one moment of the store, and no other desa writes meanwhile.
-    plain.execute_batch("BEGIN IMMEDIATE")?;
-    plain.query_row("SELECT sqlcipher_export('encrypted')", [], |_| Ok(()))?;
-    // sqlcipher_export copies tables and rows, not the schema version.
-    plain.pragma_update(Some("encrypted"), "user_version", version)?;
-    let tables: Vec<String> = plain
-        .prepare("SELECT name FROM main.sqlite_schema WHERE type = 'table'")?
-        .query_map([], |row| row.get(0))?
-        .collect::<Result<_, _>>()?;
-    for table in tables {
-        let (before, after): (i64, i64) = plain.query_row(
-            &format!(
-                "SELECT (SELECT count(*) FROM main.\"{table}\"), \
-                        (SELECT count(*) FROM encrypted.\"{table}\")"
-            ),
-            [],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )?;
-        if before != after {
-            return Err(StoreError::Setup(format!(
-                "encrypting the store copied {after} of {before} rows of {table}; \
-                 the unencrypted store was kept as it was"
-            )));
+        let plain = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+        desa_cipher::quiet(&plain)?;
+        if schema::version(&plain)? == 0 {
+            return Err(StoreError::NotAStore(path.to_owned()));
         }
     }
-    plain.execute_batch("COMMIT; DETACH DATABASE encrypted")?;
-    plain.close().map_err(|(_, e)| StoreError::Sqlite(e))?;
-    Ok(())
-}
-
-/// Make a rename in `path`'s directory durable.
-#[cfg(unix)]
-fn sync_dir(path: &Path) -> Result<(), StoreError> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| StoreError::Io {
-            path: dir.to_owned(),
-            source,
-        })
-}
-
-#[cfg(not(unix))]
-fn sync_dir(_path: &Path) -> Result<(), StoreError> {
-    Ok(())
+    let key = StoreKey::fresh(passphrase)?;
+    desa_cipher::encrypt_in_place(path, &key.cipher(), private_file).map_err(|e| match e {
+        desa_cipher::CipherError::Sqlite(e) => StoreError::Sqlite(e),
+        desa_cipher::CipherError::Io { path, source } => StoreError::Io { path, source },
+        desa_cipher::CipherError::InUse(_) => StoreError::Setup(
+            "another desa is using the store; try again when it has finished".into(),
+        ),
+        other => StoreError::Setup(format!("encrypting the store: {other}")),
+    })?;
+    Ok(key.salt())
 }
 
 #[cfg(test)]
@@ -372,7 +219,8 @@ mod tests {
         assert_eq!(*a.key, *again.key);
         assert_ne!(*a.key, *other_salt.key);
         assert_ne!(*a.key, *other_pass.key);
-        let text = a.sql_value();
+        let key = a.cipher();
+        let text = key.sql();
         assert_eq!(text.len(), 3 + 96);
         assert!(text.starts_with("x'") && text.ends_with(&format!("{}'", "01".repeat(16))));
     }

@@ -91,10 +91,7 @@ impl Directory {
                 },
             );
         }
-        let mut loaded = self
-            .loaded
-            .write()
-            .map_err(|_| StoreError::Database("directory lock poisoned".into()))?;
+        let mut loaded = self.loaded.write().map_err(|_| StoreError::Poisoned)?;
         *loaded = Loaded { version, devices };
         Ok(version)
     }

@@ -6,8 +6,8 @@ use std::sync::{Condvar, Mutex};
 use desa_server::audit::{AuditEntry, AuditEvent};
 use desa_server::store::memory::MemoryStore;
 use desa_server::store::{
-    ChangeReceipt, Commit, DeviceRecord, FeedRow, ReportQuery, ReportRow, Store, StoreError,
-    StoredDoc, UserRecord, VillageCount,
+    AuditStore, ChangeReceipt, Commit, DeviceRecord, DirectoryStore, FeedRow, ReportQuery,
+    ReportRow, ReportStore, StoreError, StoredDoc, UserRecord, VillageCount,
 };
 use sync_core::protocol::Position;
 use sync_core::{DeviceId, ReportId, Role, VillageCode};
@@ -53,7 +53,7 @@ impl Faulty {
     }
 }
 
-impl Store for Faulty {
+impl ReportStore for Faulty {
     fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
         let mut mode = self.mode.lock().unwrap();
         if *mode == Mode::Stall {
@@ -66,7 +66,7 @@ impl Store for Faulty {
                 .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         }
         if *mode == Mode::Fail {
-            return Err(StoreError::Database("injected: the disk is full".into()));
+            return Err(StoreError::database_msg("injected: the disk is full"));
         }
         drop(mode);
         self.inner.commit(commit)
@@ -98,6 +98,15 @@ impl Store for Faulty {
     fn save_peer_sync_states(&self, s: &str, st: &[(ReportId, Vec<u8>)]) -> Result<(), StoreError> {
         self.inner.save_peer_sync_states(s, st)
     }
+    fn held_usage(&self, d: &[DeviceId]) -> Result<HashMap<DeviceId, (usize, usize)>, StoreError> {
+        self.inner.held_usage(d)
+    }
+    fn reports_with_held_before(&self, b: i64, l: usize) -> Result<Vec<ReportId>, StoreError> {
+        self.inner.reports_with_held_before(b, l)
+    }
+}
+
+impl DirectoryStore for Faulty {
     fn add_user(&self, u: &UserRecord, a: &AuditEvent) -> Result<(), StoreError> {
         self.inner.add_user(u, a)
     }
@@ -128,15 +137,12 @@ impl Store for Faulty {
     fn directory_version(&self) -> Result<u64, StoreError> {
         self.inner.directory_version()
     }
-    fn held_usage(&self, d: &[DeviceId]) -> Result<HashMap<DeviceId, (usize, usize)>, StoreError> {
-        self.inner.held_usage(d)
-    }
-    fn reports_with_held_before(&self, b: i64, l: usize) -> Result<Vec<ReportId>, StoreError> {
-        self.inner.reports_with_held_before(b, l)
-    }
     fn actor_owners(&self, a: &[Vec<u8>]) -> Result<HashMap<Vec<u8>, String>, StoreError> {
         self.inner.actor_owners(a)
     }
+}
+
+impl AuditStore for Faulty {
     fn append_audit(&self, e: &[AuditEvent]) -> Result<(), StoreError> {
         self.inner.append_audit(e)
     }

@@ -4,15 +4,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use sync_core::protocol::Position;
-use sync_core::{ReportId, VillageCode};
-
 use super::{
-    seq_check, ChangeReceipt, Commit, DeviceRecord, FeedRow, ReportQuery, ReportRow, Store,
-    StoreError, StoredDoc, UserRecord, VillageCount,
+    seq_check, AuditStore, ChangeReceipt, Commit, DeviceRecord, DirectoryStore, FeedRow,
+    ReportQuery, ReportRow, ReportStore, StoreError, StoredDoc, UserRecord, VillageCount,
 };
 use crate::audit::{self, AuditEntry, AuditEvent, AuditKey, Head};
-use sync_core::{DeviceId, Role};
+use crate::protocol::Position;
+use crate::{DeviceId, ReportId, Role, VillageCode};
 
 #[derive(Default)]
 struct Entry {
@@ -60,10 +58,7 @@ impl MemoryStore {
     }
 
     fn directory<T>(&self, f: impl FnOnce(&mut Directory) -> T) -> Result<T, StoreError> {
-        let mut guard = self
-            .directory
-            .lock()
-            .map_err(|_| StoreError::Database("memory store lock poisoned".into()))?;
+        let mut guard = self.directory.lock().map_err(|_| StoreError::Poisoned)?;
         Ok(f(&mut guard))
     }
 
@@ -71,10 +66,7 @@ impl MemoryStore {
         &self,
         f: impl FnOnce(&mut BTreeMap<ReportId, Entry>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut guard = self
-            .entries
-            .lock()
-            .map_err(|_| StoreError::Database("memory store lock poisoned".into()))?;
+        let mut guard = self.entries.lock().map_err(|_| StoreError::Poisoned)?;
         f(&mut guard)
     }
 }
@@ -88,7 +80,7 @@ fn last_seq(entries: &BTreeMap<ReportId, Entry>) -> u64 {
         .unwrap_or(0)
 }
 
-impl Store for MemoryStore {
+impl ReportStore for MemoryStore {
     fn load(&self, id: &ReportId) -> Result<Option<StoredDoc>, StoreError> {
         self.with(|m| {
             Ok(m.get(id)
@@ -221,7 +213,7 @@ impl Store for MemoryStore {
 
     fn village_counts(&self) -> Result<Vec<VillageCount>, StoreError> {
         self.with(|m| {
-            let mut counts: BTreeMap<(VillageCode, sync_core::ReportKind), u64> = BTreeMap::new();
+            let mut counts: BTreeMap<(VillageCode, crate::ReportKind), u64> = BTreeMap::new();
             for row in m.values().filter_map(|e| e.row.as_ref()) {
                 *counts.entry((row.village, row.kind)).or_default() += 1;
             }
@@ -237,10 +229,7 @@ impl Store for MemoryStore {
     }
 
     fn peer_sync_states(&self, storage_id: &str) -> Result<Vec<(ReportId, Vec<u8>)>, StoreError> {
-        let map = self
-            .peer_sync
-            .lock()
-            .map_err(|_| StoreError::Database("memory store lock poisoned".into()))?;
+        let map = self.peer_sync.lock().map_err(|_| StoreError::Poisoned)?;
         Ok(map
             .iter()
             .filter(|((s, _), _)| s == storage_id)
@@ -253,16 +242,46 @@ impl Store for MemoryStore {
         storage_id: &str,
         states: &[(ReportId, Vec<u8>)],
     ) -> Result<(), StoreError> {
-        let mut map = self
-            .peer_sync
-            .lock()
-            .map_err(|_| StoreError::Database("memory store lock poisoned".into()))?;
+        let mut map = self.peer_sync.lock().map_err(|_| StoreError::Poisoned)?;
         for (id, state) in states {
             map.insert((storage_id.to_owned(), *id), state.clone());
         }
         Ok(())
     }
 
+    fn held_usage(
+        &self,
+        devices: &[DeviceId],
+    ) -> Result<HashMap<DeviceId, (usize, usize)>, StoreError> {
+        self.with(|m| {
+            let mut out: HashMap<DeviceId, (usize, usize)> =
+                devices.iter().map(|d| (*d, (0, 0))).collect();
+            for row in m.values().flat_map(|e| &e.doc.held) {
+                if let Some((n, bytes)) = out.get_mut(&row.device) {
+                    *n += 1;
+                    *bytes += row.bytes.len();
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn reports_with_held_before(
+        &self,
+        before: i64,
+        limit: usize,
+    ) -> Result<Vec<ReportId>, StoreError> {
+        self.with(|m| {
+            Ok(m.iter()
+                .filter(|(_, e)| e.doc.held.iter().any(|h| h.since < before))
+                .map(|(id, _)| *id)
+                .take(limit)
+                .collect())
+        })
+    }
+}
+
+impl DirectoryStore for MemoryStore {
     fn add_user(&self, user: &UserRecord, audit: &AuditEvent) -> Result<(), StoreError> {
         self.directory(|d| {
             if d.users.contains_key(&user.name) {
@@ -352,37 +371,6 @@ impl Store for MemoryStore {
         })
     }
 
-    fn held_usage(
-        &self,
-        devices: &[DeviceId],
-    ) -> Result<HashMap<DeviceId, (usize, usize)>, StoreError> {
-        self.with(|m| {
-            let mut out: HashMap<DeviceId, (usize, usize)> =
-                devices.iter().map(|d| (*d, (0, 0))).collect();
-            for row in m.values().flat_map(|e| &e.doc.held) {
-                if let Some((n, bytes)) = out.get_mut(&row.device) {
-                    *n += 1;
-                    *bytes += row.bytes.len();
-                }
-            }
-            Ok(out)
-        })
-    }
-
-    fn reports_with_held_before(
-        &self,
-        before: i64,
-        limit: usize,
-    ) -> Result<Vec<ReportId>, StoreError> {
-        self.with(|m| {
-            Ok(m.iter()
-                .filter(|(_, e)| e.doc.held.iter().any(|h| h.since < before))
-                .map(|(id, _)| *id)
-                .take(limit)
-                .collect())
-        })
-    }
-
     fn actor_owners(&self, actors: &[Vec<u8>]) -> Result<HashMap<Vec<u8>, String>, StoreError> {
         self.directory(|d| {
             actors
@@ -403,7 +391,9 @@ impl Store for MemoryStore {
     fn directory_version(&self) -> Result<u64, StoreError> {
         self.directory(|d| d.version)
     }
+}
 
+impl AuditStore for MemoryStore {
     fn append_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
         self.directory(|d| d.append(events))
     }
