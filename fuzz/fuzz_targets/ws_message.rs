@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| sync_core::fuzzing::ws_message(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| desa_fuzz::run(data, sync_core::fuzzing::ws_message));

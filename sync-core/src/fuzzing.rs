@@ -3,7 +3,6 @@
 //! make (automerge behind [`crate::guard`] wherever they put it there). None may panic, whatever
 //! the bytes: a panic that `guard` contains is an error like any other, one that escapes is a bug.
 
-use automerge::sync::SyncDoc;
 use automerge::{Automerge, Change};
 
 use std::sync::{Arc, OnceLock};
@@ -87,7 +86,7 @@ pub fn sync_response(bytes: &[u8]) {
 
 /// Bytes as an uploaded change of an existing report: parsing and admission.
 pub fn change(bytes: &[u8]) {
-    let Ok(change) = Change::from_bytes(bytes.to_vec()) else {
+    let Ok(change) = crate::guard::parse_change(bytes.to_vec()) else {
         return;
     };
     if let Some((id, mut doc)) = village_profile() {
@@ -140,7 +139,7 @@ pub fn ws_message(bytes: &[u8]) {
     let report = document_id
         .parse::<ReportId>()
         .unwrap_or(ReportId::from_random([9; 16]));
-    let Ok(mut sync) = automerge::sync::Message::decode(data) else {
+    let Ok(mut sync) = crate::guard::sync_message(data) else {
         return;
     };
     if let Ok(changes) = changes_of(&sync, &Automerge::new()).map(|u| u.changes) {
@@ -153,8 +152,10 @@ pub fn ws_message(bytes: &[u8]) {
     docs.extend(village_profile().map(|(_, doc)| doc));
     for mut doc in docs {
         let mut state = automerge::sync::State::new();
-        let _ = doc.receive_sync_message(&mut state, sync.clone());
-        let _ = doc.generate_sync_message(&mut state).map(|m| m.encode());
+        if crate::guard::receive_sync_message(&mut doc, &mut state, sync.clone()).is_ok() {
+            let _ = crate::guard::generate_sync_message(&doc, &mut state)
+                .map(|m| m.map(|m| m.encode()));
+        }
     }
 }
 
@@ -165,7 +166,7 @@ pub fn ws_message(bytes: &[u8]) {
 /// snapshot's length.
 pub fn stored_row(bytes: &[u8]) {
     let _ = postcard::from_bytes::<Vec<crate::protocol::server::Receipt>>(bytes);
-    let _ = automerge::sync::State::decode(bytes);
+    let _ = crate::guard::sync_state(bytes);
     let _ = serde_json::from_slice::<serde_json::Value>(bytes);
     let [lo, hi, rest @ ..] = bytes else { return };
     let (snapshot, tail) =
@@ -178,7 +179,7 @@ pub fn stored_row(bytes: &[u8]) {
             Err(_) => return,
         }
     };
-    if let Ok(change) = Change::from_bytes(tail.to_vec()) {
+    if let Ok(change) = crate::guard::parse_change(tail.to_vec()) {
         if crate::guard::apply(&mut doc, vec![change]).is_ok() {
             let _ = crate::view::materialize(&doc);
             let _ = crate::view::conflicts(&doc);

@@ -840,6 +840,28 @@ async fn hostile_changes_and_documents_stop_nothing() {
         .await;
         let _ = drain(&mut socket, Duration::from_millis(200)).await;
     }
+    // Every sync message the fuzzers kept (among them `have` bloom filters that divide by zero or
+    // ask automerge for 16 GiB), about a report this peer sees: the server answers it from a
+    // document with changes to test against the filter.
+    let (seen, _) = tokio::task::block_in_place(|| office.report(&office.ani, "seen"));
+    for bytes in regressions("ws_message") {
+        let Ok(RepoMessage::Sync { data, .. } | RepoMessage::Request { data, .. }) =
+            RepoMessage::decode(&bytes)
+        else {
+            continue;
+        };
+        send(
+            &mut socket,
+            RepoMessage::Sync {
+                sender_id: "hostile".into(),
+                target_id: String::new(),
+                document_id: seen.to_string(),
+                data,
+            },
+        )
+        .await;
+        let _ = drain(&mut socket, Duration::from_millis(200)).await;
+    }
     // The connection, the writer and the health check all go on.
     send(
         &mut socket,

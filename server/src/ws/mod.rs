@@ -27,7 +27,7 @@ use std::sync::Arc;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, Session};
 use futures_util::StreamExt;
-use sync_core::automerge::sync::{Message as SyncMessage, State as SyncState, SyncDoc};
+use sync_core::automerge::sync::{Message as SyncMessage, State as SyncState};
 use sync_core::automerge::ChangeHash;
 use sync_core::protocol::repo::{changes_of, PeerMetadata, RepoMessage, PROTOCOL_VERSION};
 use sync_core::rules::{report_village, Verdict};
@@ -480,7 +480,7 @@ impl Connection {
             Ok(u) => u,
             Err(e) => return self.error(session, format!("{doc_id}: {e}")).await,
         };
-        if unpacked.incomplete {
+        if !unpacked.incomplete.is_empty() {
             tracing::debug!(connection = self.id, %report, "a chunk builds on changes the server lacks; asking the peer for them");
         }
         let changes = unpacked.changes;
@@ -605,10 +605,17 @@ impl Connection {
                         state.last_sent_heads = last_sent;
                     }
                 }
-                let reply = doc.generate_sync_message(&mut state).map(|mut m| {
-                    m.need.retain(|h| !refused.contains(h));
-                    m.encode()
-                });
+                let reply = match sync_core::guard::generate_sync_message(&doc, &mut state) {
+                    Ok(reply) => reply.map(|mut m| {
+                        m.need.retain(|h| !refused.contains(h));
+                        m.encode()
+                    }),
+                    // Only a state built from a hostile message could do this: forget it.
+                    Err(_) => {
+                        state = SyncState::new();
+                        None
+                    }
+                };
                 let heads = doc.get_heads();
                 Ok((
                     state,

@@ -8,6 +8,8 @@
 
 use ciborium::Value;
 
+use crate::guard::screen::{self, Chunk};
+
 /// The protocol version this server selects.
 pub const PROTOCOL_VERSION: &str = "1";
 
@@ -359,56 +361,16 @@ impl RepoMessage {
 pub struct Unpacked {
     /// Every change the message's chunks hold that could be read, one by one.
     pub changes: Vec<automerge::Change>,
-    /// Whether a chunk held changes whose dependencies are in neither the base document nor the
-    /// message: those could not be read (automerge reads a partial document only on top of what
-    /// it builds on), and the peer sends them again when the server's next message asks for what
-    /// it lacks.
-    pub incomplete: bool,
-}
-
-/// automerge's chunk types (the byte after the magic and the checksum).
-const DOCUMENT: u8 = 0;
-const CHANGE: u8 = 1;
-const COMPRESSED_CHANGE: u8 = 2;
-const BUNDLE: u8 = 3;
-
-/// Split one entry of a sync message's change list into the automerge chunks it holds: automerge
-/// 0.12's V2 messages concatenate change chunks into one entry. Each chunk is magic (4 bytes),
-/// checksum (4), type (1), length (unsigned LEB128), then that many bytes.
-fn split_chunks(mut bytes: &[u8]) -> Result<Vec<(u8, &[u8])>, String> {
-    let mut out = Vec::new();
-    while !bytes.is_empty() {
-        if bytes.len() < 10 || bytes[..4] != [0x85, 0x6f, 0x4a, 0x83] {
-            return Err("not an automerge chunk".into());
-        }
-        let kind = bytes[8];
-        let (mut length, mut shift, mut at) = (0u64, 0u32, 9usize);
-        loop {
-            let byte = *bytes.get(at).ok_or("truncated chunk length")?;
-            if shift >= 64 {
-                return Err("chunk length too long".into());
-            }
-            length |= u64::from(byte & 0x7f) << shift;
-            shift += 7;
-            at += 1;
-            if byte & 0x80 == 0 {
-                break;
-            }
-        }
-        let end = usize::try_from(length)
-            .ok()
-            .and_then(|l| at.checked_add(l))
-            .filter(|end| *end <= bytes.len())
-            .ok_or("chunk longer than the message")?;
-        out.push((kind, &bytes[..end]));
-        bytes = &bytes[end..];
-    }
-    Ok(out)
+    /// Document chunks holding changes whose dependencies are in neither the base document nor
+    /// the message: automerge reads a partial document only on top of what it builds on, so
+    /// those changes could not be read yet. Whoever keeps them may offer them again, with a later
+    /// message that brings their dependencies.
+    pub incomplete: Vec<Vec<u8>>,
 }
 
 /// The changes carried by an automerge sync message, one by one (so that each can be judged),
 /// whatever its entries pack them in: one change, several change chunks end to end (automerge
-/// 0.12's V2 messages), a bundle, a whole document, or a *partial* document — automerge 3's way of
+/// 0.12's V2 messages), a whole document, or a *partial* document — automerge 3's way of
 /// sending several changes — whose changes build on changes `base` (the receiver's document) or
 /// earlier chunks already hold, and which automerge reads only on top of them.
 ///
@@ -423,13 +385,13 @@ pub fn changes_of(
     // The base with what the message carried so far, built when a partial document needs it.
     let mut scratch: Option<automerge::Automerge> = None;
     for entry in message.changes.iter() {
-        for (kind, chunk) in split_chunks(entry)? {
+        let chunks = screen::split(entry).map_err(|e| format!("sync message: {e}"))?;
+        for Chunk { kind, bytes, .. } in chunks {
             let read = match kind {
-                CHANGE | COMPRESSED_CHANGE => {
-                    crate::guard::parse_change(chunk.to_vec()).map(|c| vec![c])
+                screen::CHANGE | screen::COMPRESSED => {
+                    crate::guard::parse_change(bytes.to_vec()).map(|c| vec![c])
                 }
-                BUNDLE => crate::guard::bundle_changes(chunk),
-                DOCUMENT => {
+                screen::DOCUMENT => {
                     // A whole or a partial document, read on top of what it may build on; only
                     // the changes the base lacks come out.
                     let s = match scratch.as_mut() {
@@ -441,12 +403,17 @@ pub fn changes_of(
                         }
                     };
                     let before = s.get_heads();
-                    crate::guard::load_incremental(s, chunk)
+                    crate::guard::load_incremental(s, bytes)
                         .map_err(|e| format!("sync message document chunk: {e}"))?;
-                    out.incomplete |= !automerge::ReadDoc::get_missing_deps(s, &[]).is_empty();
+                    // Changes automerge queued for their dependencies (this chunk's, or an
+                    // earlier one's that this chunk did not complete).
+                    if !automerge::ReadDoc::get_missing_deps(s, &[]).is_empty() {
+                        out.incomplete.push(bytes.to_vec());
+                    }
                     out.changes.extend(s.get_changes(&before));
                     continue;
                 }
+                screen::BUNDLE => return Err(format!("sync message: {}", screen::Refused::Bundle)),
                 other => return Err(format!("unknown automerge chunk type {other}")),
             };
             match read {
@@ -612,7 +579,7 @@ mod unpack_tests {
     }
 
     #[test]
-    fn change_chunks_end_to_end_and_bundles_are_read_change_by_change() {
+    fn change_chunks_end_to_end_and_documents_are_read_change_by_change_and_bundles_refused() {
         let (base, doc) = base_and_three();
         let new = doc.get_changes(&base.get_heads());
         // automerge 0.12's V2 message: the changes' chunks concatenated in one entry.
@@ -620,12 +587,11 @@ mod unpack_tests {
         let hashes = |cs: &[automerge::Change]| cs.iter().map(|c| c.hash()).collect::<Vec<_>>();
         let unpacked = changes_of(&joined, &base).unwrap();
         assert_eq!(hashes(&unpacked.changes), hashes(&new));
-        assert!(!unpacked.incomplete);
-        // A bundle of the three: its changes build on the base, which the reader does not need.
+        assert!(unpacked.incomplete.is_empty());
+        // A bundle of the three: refused (guard::screen), and nothing of the message is read.
         let bundle = doc.bundle(new.iter().map(|c| c.hash())).unwrap();
-        let bundled = message_with(vec![bundle.bytes().to_vec()]);
-        let unpacked = changes_of(&bundled, &Automerge::new()).unwrap();
-        assert_eq!(hashes(&unpacked.changes), hashes(&new));
+        let bundled = message_with(vec![doc.save_after(&base.get_heads()), bundle.bytes().to_vec()]);
+        assert!(changes_of(&bundled, &base).is_err());
         // A whole document: only what the base lacks comes out.
         let whole = message_with(vec![doc.save()]);
         let unpacked = changes_of(&whole, &base).unwrap();

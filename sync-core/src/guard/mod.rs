@@ -10,8 +10,14 @@
 //! that change a document in place say so, and their callers throw that document away (they work
 //! on a copy, or reload the committed state).
 //!
+//! Time and memory cannot be contained that way: [`screen`] refuses, before automerge sees them,
+//! the bytes the fuzzers found to cost gigabytes or minutes (bundles, deflate bombs, hostile bloom
+//! filters), and every function here screens its input first.
+//!
 //! The panic message itself still reaches the process's panic hook (stderr); nothing else of it
 //! escapes.
+
+pub mod screen;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -26,6 +32,9 @@ pub enum Contained {
     /// automerge panicked; the input is hostile or automerge has a bug. Nothing of it was kept.
     #[error("automerge could not process this input (contained panic)")]
     Panic,
+    /// Refused before automerge saw it: decoding it would cost far more than its size.
+    #[error("{0}")]
+    Refused(#[from] screen::Refused),
 }
 
 /// Run `f` over untrusted input, turning a panic into [`Contained::Panic`].
@@ -36,27 +45,24 @@ pub fn contain<T>(f: impl FnOnce() -> T) -> Result<T, Contained> {
 /// `Change::from_bytes` of untrusted bytes (it panics on some: the fuzzers keep them in
 /// `fuzz/regressions/stored_doc/load-panics-in-hexane-*`).
 pub fn parse_change(bytes: Vec<u8>) -> Result<Change, Contained> {
+    screen::chunks(&bytes)?;
     contain(|| Change::from_bytes(bytes))?.map_err(|e| Contained::Error(e.to_string()))
-}
-
-/// The changes of an automerge bundle (several changes compressed together; automerge 3 sends
-/// them). A bundle is read with the bundle parser: its changes may build on changes outside it.
-pub fn bundle_changes(bytes: &[u8]) -> Result<Vec<Change>, Contained> {
-    let bundle = contain(|| automerge::Bundle::try_from(bytes))?
-        .map_err(|e| Contained::Error(e.to_string()))?;
-    contain(|| bundle.to_changes())?.map_err(|e| Contained::Error(e.to_string()))
 }
 
 /// `load_incremental` of untrusted bytes into `doc`: it applies what it can and queues changes
 /// whose dependencies `doc` lacks. Only ever on a scratch document (queued changes would later be
 /// applied unchecked); on `Err(Contained::Panic)` the caller must discard it.
 pub fn load_incremental(doc: &mut Automerge, bytes: &[u8]) -> Result<usize, Contained> {
+    screen::chunks(bytes)?;
     contain(|| doc.load_incremental(bytes))?.map_err(|e| Contained::Error(e.to_string()))
 }
 
-/// An automerge sync message from untrusted bytes.
+/// An automerge sync message from untrusted bytes, screened ([`screen::sync_message`]).
 pub fn sync_message(bytes: &[u8]) -> Result<sync::Message, Contained> {
-    contain(|| sync::Message::decode(bytes))?.map_err(|e| Contained::Error(e.to_string()))
+    let message =
+        contain(|| sync::Message::decode(bytes))?.map_err(|e| Contained::Error(e.to_string()))?;
+    screen::sync_message(&message)?;
+    Ok(message)
 }
 
 /// An automerge sync state from bytes kept for a peer.
@@ -72,12 +78,24 @@ pub fn receive_sync_message(
     message: sync::Message,
 ) -> Result<(), Contained> {
     use automerge::sync::SyncDoc;
+    screen::sync_message(&message)?;
     let received = contain(|| doc.receive_sync_message(state, message))?;
     received.map_err(|e| Contained::Error(e.to_string()))
 }
 
+/// `generate_sync_message` for a peer whose state was built from its (screened) messages.
+/// Contained too: automerge reads the peer's `have` filters here.
+pub fn generate_sync_message(
+    doc: &Automerge,
+    state: &mut sync::State,
+) -> Result<Option<sync::Message>, Contained> {
+    use automerge::sync::SyncDoc;
+    contain(|| doc.generate_sync_message(state))
+}
+
 /// `Automerge::load` of untrusted bytes.
 pub fn load(bytes: &[u8]) -> Result<Automerge, Contained> {
+    screen::chunks(bytes)?;
     contain(|| Automerge::load(bytes))?.map_err(|e| Contained::Error(e.to_string()))
 }
 
