@@ -1,86 +1,31 @@
-//! The server's work, between HTTP and the store: admitting changes (sync-core's rules), committing
-//! them, and building what each device is missing. Blocking: the HTTP layer calls it from
-//! `web::block`, never on the async executor.
+//! The server's engine: the shell around sync-core's server core (`protocol::server`), between
+//! HTTP, the WebSocket and the store. It holds what the core reads — the store, the directory, a
+//! bounded LRU cache of documents, the clock — and runs the core's writer on one thread
+//! ([`crate::ingest`]). Blocking: the HTTP layer calls it from `web::block`, never on the async
+//! executor.
 //!
-//! Ingests are serialized by one lock (a commit's seq must follow the last one, and admission must
-//! see the state it commits on top of). Reads — feeds, coordinator queries — run concurrently.
-//! Documents live in a bounded LRU cache; the store is the truth: only the writer thread fills
-//! the cache, with a document just committed, and it drops what it took if the commit failed.
+//! Ingests are serialized by the writer thread (a commit's seq must follow the last one, and
+//! admission must see the state it commits on top of). Reads — feeds, coordinator queries — run
+//! concurrently. The store is the truth: only the writer thread fills the cache, with a document
+//! just committed, and it drops what it took if the commit failed.
 
-use std::collections::{HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use lru::LruCache;
-use sync_core::automerge::{Automerge, Change, ChangeHash};
-use sync_core::protocol::server::{self as steps, FeedBuilder, Receipt};
-use sync_core::protocol::{Position, SyncRequest, SyncResponse, WireError};
-use sync_core::rules::Verdict;
-use sync_core::{Report, ReportId, ReportKind, VillageCode};
-
+use sync_core::automerge::{Change, ChangeHash};
+use sync_core::protocol::server::exchange::{self, Exchange};
+use sync_core::protocol::server::{self as steps, load_working, writer, Judged, Working};
+use sync_core::protocol::Position;
 use sync_core::rules::HeldLimits;
-use sync_core::{DeviceId, Principal};
+use sync_core::{Principal, Report, ReportId, VillageCode};
 
-use crate::audit::{Action, AuditEvent, Who};
+use crate::audit::AuditEvent;
 use crate::auth::Directory;
-pub use crate::ingest::Via;
-use crate::ingest::{Ingestor, Judged};
-use crate::store::{ReportRow, Store, StoreError, StoredDoc};
+use crate::ingest::Ingestor;
+use crate::store::{FeedRow, Store, StoredDoc};
 
-/// Why the engine could not do what was asked.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum EngineError {
-    /// The request body is not a sync message.
-    #[error(transparent)]
-    Wire(#[from] WireError),
-    /// The request is well-formed but refused whole (unknown village…).
-    #[error(transparent)]
-    Plan(#[from] steps::PlanError),
-    /// Storage failed: nothing was acknowledged.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// A stored document does not load.
-    #[error("stored report {0} does not load: {1}")]
-    Corrupt(ReportId, String),
-    /// A lock was poisoned by a panic in another request.
-    #[error("internal state lock poisoned")]
-    Poisoned,
-    /// No such report.
-    #[error("no report {0}")]
-    NotFound(ReportId),
-    /// The rules refused the edit; nothing was stored.
-    #[error("refused: {0}")]
-    Refused(sync_core::Refusal),
-    /// The edit itself is malformed.
-    #[error("{0}")]
-    BadEdit(String),
-    /// The caller may not do this (a village outside their scope, a role that does not sync).
-    #[error("{0}")]
-    Forbidden(String),
-    /// The server cannot take writes now (its writer thread failed); nothing was stored.
-    #[error("{0}")]
-    Unavailable(String),
-}
-
-/// A report's working state: the document and what the store keeps beside it.
-#[derive(Clone, Default)]
-pub struct Working {
-    pub(crate) doc: Automerge,
-    pub(crate) recent: steps::Recent,
-    pub(crate) receipts: Vec<Receipt>,
-    pub(crate) tail_len: usize,
-    pub(crate) held: Vec<HeldChange>,
-    pub(crate) exists: bool,
-}
-
-/// A change held for its dependencies, with the device that uploaded it.
-#[derive(Clone, Debug)]
-pub struct HeldChange {
-    pub(crate) change: Change,
-    pub(crate) device: DeviceId,
-    /// When it was uploaded (server clock, unix ms).
-    pub(crate) since: i64,
-}
+pub use sync_core::protocol::server::{EngineError, Via};
 
 /// The server's clock as the engine reads it: the system clock, or one a test drives.
 pub trait Clock: Send + Sync {
@@ -267,128 +212,45 @@ impl Engine {
         self.ingestor.audit(events)
     }
 
-    /// Answer one sync request (the body of `POST /api/v1/sync`) from `principal`: its uploads are
-    /// judged with the principal's access, and only scopes (villages) it covers may be asked for.
+    /// Answer one sync request (the body of `POST /api/v1/sync`) from `principal`, through the
+    /// core's exchange; who downloaded what is on the audit trail before the answer leaves.
     pub fn sync(&self, body: &[u8], principal: &Arc<Principal>) -> Result<Vec<u8>, EngineError> {
-        let access = &principal.access;
-        if !access.may_write() {
-            return Err(EngineError::Forbidden(format!(
-                "the {} role does not sync reports",
-                access.role()
-            )));
+        let answer = exchange::sync(self, body, principal, self.page_reports, self.now())?;
+        if let Some(read) = answer.read {
+            self.audit(vec![read])?;
         }
-        let request = SyncRequest::decode(body)?;
-        let plan = steps::plan(&request)?;
-        if let Some((_, village, _)) = plan.positions().iter().find(|(_, v, _)| !access.covers(*v))
-        {
-            return Err(EngineError::Forbidden(format!(
-                "village {village} is not one of your villages"
-            )));
-        }
-        let judged = if plan.reports().is_empty() {
-            HashMap::new()
-        } else {
-            self.ingest(plan.reports().to_vec(), principal, Via::Sync)?
-        };
-        let verdicts = plan.verdicts(&judged);
-        let mut rebuilds = Vec::new();
-        for (id, v) in &judged {
-            if !v.values().any(|v| matches!(v, Verdict::Refused(_))) {
-                continue;
-            }
-            // Only what the caller may see: a report of another village, or one the server does
-            // not have, gets no rebuild at all.
-            let working = self.working(id)?;
-            let doc = working.as_ref().filter(|w| w.exists).map(|w| &w.doc);
-            rebuilds.extend(steps::rebuild_for(*id, doc, access, v));
-        }
-        rebuilds.sort_by_key(|r| r.report);
-        let uploaded = plan.uploaded();
-        let mut feeds = Vec::new();
-        for (scope, village, position) in plan.positions() {
-            feeds.push(self.feed(*scope, *village, *position, &uploaded)?);
-        }
-        let sent: Vec<String> = feeds
-            .iter()
-            .flat_map(|f| f.items.iter().map(|i| i.report.to_string()))
-            .collect();
-        if !sent.is_empty() {
-            // Who downloaded which report, durably before the answer leaves. A sync with nothing
-            // new writes nothing.
-            self.audit(vec![AuditEvent::at(
-                self.now(),
-                Who::from(&**principal),
-                Action::Read {
-                    via: "sync".into(),
-                    reports: sent,
-                    redacted: false,
-                },
-            )])?;
-        }
-        Ok(SyncResponse {
-            verdicts,
-            rebuilds,
-            feeds,
-        }
-        .encode())
+        Ok(answer.body)
+    }
+}
+
+impl Exchange for Engine {
+    fn ingest(
+        &self,
+        batches: Vec<(ReportId, Vec<Change>)>,
+        principal: &Arc<Principal>,
+    ) -> Result<Judged, EngineError> {
+        self.ingestor.submit(batches, principal, Via::Sync)
     }
 
-    fn feed(
+    fn working(&self, id: &ReportId) -> Result<Option<Arc<Working>>, EngineError> {
+        Engine::working(self, id)
+    }
+
+    fn cached(&self, id: &ReportId) -> Result<Option<Arc<Working>>, EngineError> {
+        Ok(self.cache()?.get(id).cloned())
+    }
+
+    fn stored(&self, id: &ReportId) -> Result<Option<StoredDoc>, EngineError> {
+        Ok(self.shared.store.load(id)?)
+    }
+
+    fn feed_rows(
         &self,
-        scope: sync_core::protocol::Scope,
         village: VillageCode,
-        position: Position,
-        uploaded: &HashMap<ReportId, HashSet<ChangeHash>>,
-    ) -> Result<sync_core::protocol::ScopeFeed, EngineError> {
-        let none = HashSet::new();
-        let rows = self
-            .shared
-            .store
-            .feed(village, &position, self.page_reports + 1)?;
-        let mut builder =
-            FeedBuilder::with_limits(scope, position, self.page_reports, steps::PAGE_BYTES);
-        let mut rows = rows.into_iter().peekable();
-        while builder.has_room() {
-            let Some(row) = rows.next() else { break };
-            // A device with none of the report gets the stored bytes as they are: no automerge
-            // work on the server for a new device's catch-up.
-            let cached = self.cache()?.get(&row.id).cloned();
-            let exclude = uploaded.get(&row.id).unwrap_or(&none);
-            let knows_some = |receipts: &[Receipt]| {
-                !exclude.is_empty() || receipts.iter().any(|r| r.seq <= position.since)
-            };
-            match cached {
-                Some(w) if knows_some(&w.receipts) => {
-                    builder.push_with_recent(
-                        row.id,
-                        row.last_seq,
-                        &w.doc,
-                        &w.receipts,
-                        Some(&w.recent),
-                        exclude,
-                    );
-                }
-                Some(w) => builder.push_snapshot(row.id, row.last_seq, w.doc.save()),
-                None => {
-                    let Some(stored) = self.shared.store.load(&row.id)? else {
-                        continue;
-                    };
-                    if knows_some(&stored.receipts) {
-                        let working = load_working(&row.id, &stored)?;
-                        builder.push(
-                            row.id,
-                            row.last_seq,
-                            &working.doc,
-                            &working.receipts,
-                            exclude,
-                        );
-                    } else {
-                        builder.push_snapshot(row.id, row.last_seq, stored.full_bytes());
-                    }
-                }
-            }
-        }
-        Ok(builder.finish(rows.peek().is_some()))
+        position: &Position,
+        limit: usize,
+    ) -> Result<Vec<FeedRow>, EngineError> {
+        Ok(self.shared.store.feed(village, position, limit)?)
     }
 }
 
@@ -407,99 +269,13 @@ impl Engine {
         principal: &Arc<Principal>,
         nonce: [u8; 16],
     ) -> Result<Option<ChangeHash>, EngineError> {
-        let working = self
-            .working(&id)?
-            .filter(|w| w.exists)
-            .ok_or(EngineError::NotFound(id))?;
-        let mut report = Report::from_doc(id, working.doc.clone())
-            .map_err(|e| EngineError::Corrupt(id, e.to_string()))?;
-        let message = format!("api {}", crate::audit::hex(&nonce));
-        let change = match report.edit_with_message(edits, writer, Some(message)) {
-            Ok(Some(change)) => change,
-            Ok(None) => return Ok(None),
-            Err(sync_core::ReportError::Refused(r)) => return Err(EngineError::Refused(r)),
-            Err(e) => return Err(EngineError::BadEdit(e.to_string())),
+        let working = self.working(&id)?;
+        let Some(change) = writer::api_change(working.as_deref(), id, edits, writer, nonce)? else {
+            return Ok(None);
         };
         let hash = change.hash();
         let judged = self.ingest(vec![(id, vec![change])], principal, Via::Api)?;
-        match judged.get(&id).and_then(|v| v.get(&hash)) {
-            Some(Verdict::Accepted) => Ok(Some(hash)),
-            Some(Verdict::Refused(r)) => Err(EngineError::Refused(r.clone())),
-            _ => Err(EngineError::BadEdit("the edit could not be applied".into())),
-        }
+        writer::api_verdict(&judged, id, hash)?;
+        Ok(Some(hash))
     }
-}
-
-/// Load stored bytes into a working state. Stored bytes are checked like network bytes: a damaged
-/// row is an error, never a panic.
-pub(crate) fn load_working(id: &ReportId, stored: &StoredDoc) -> Result<Working, EngineError> {
-    let corrupt = |e: String| EngineError::Corrupt(*id, e);
-    let mut doc = if stored.snapshot.is_empty() {
-        Automerge::new()
-    } else {
-        sync_core::guard::load(&stored.snapshot).map_err(|e| corrupt(e.to_string()))?
-    };
-    let tail = parse_changes(&stored.tail).map_err(corrupt)?;
-    let tail_len = tail.len();
-    sync_core::guard::apply(&mut doc, tail).map_err(|e| corrupt(e.to_string()))?;
-    // A held row that no longer parses (it did when it was held) is dropped rather than making
-    // the whole report unwritable: its device still has it and sends it again.
-    let held = stored
-        .held
-        .iter()
-        .filter_map(|row| match sync_core::guard::parse_change(row.bytes.clone()) {
-            Ok(change) => Some(HeldChange {
-                change,
-                device: row.device,
-                since: row.since,
-            }),
-            Err(e) => {
-                tracing::warn!(report = %id, error = %e, "a held change does not parse; dropped");
-                None
-            }
-        })
-        .collect();
-    Ok(Working {
-        recent: steps::Recent::new(stored.last_seq),
-        exists: stored.last_seq > 0,
-        doc,
-        receipts: stored.receipts.clone(),
-        tail_len,
-        held,
-    })
-}
-
-fn parse_changes(raw: &[Vec<u8>]) -> Result<Vec<Change>, String> {
-    raw.iter()
-        .map(|b| sync_core::guard::parse_change(b.clone()).map_err(|e| e.to_string()))
-        .collect()
-}
-
-/// The indexed row of a report from its merged JSON (already validated against its schema).
-pub(crate) fn materialized_row(
-    id: ReportId,
-    state: &serde_json::Value,
-    seq: u64,
-    now: i64,
-) -> Result<ReportRow, EngineError> {
-    let corrupt =
-        |what: &str| EngineError::Corrupt(id, format!("merged state has no valid {what}"));
-    let text = |key: &str| state.get(key).and_then(|v| v.as_str()).map(str::to_owned);
-    let kind: ReportKind = text("kind")
-        .and_then(|k| k.parse().ok())
-        .ok_or_else(|| corrupt("kind"))?;
-    let village = text("village")
-        .and_then(|v| VillageCode::parse(&v).ok())
-        .ok_or_else(|| corrupt("village"))?;
-    Ok(ReportRow {
-        id,
-        kind,
-        village,
-        status: text("status"),
-        title: text("title"),
-        created_at: text("created_at").unwrap_or_default(),
-        updated_at: now,
-        last_seq: seq,
-        json: state.to_string(),
-    })
 }

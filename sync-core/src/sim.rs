@@ -1,20 +1,25 @@
-//! In-memory shells around the exchange: a [`MemoryServer`] that runs the server steps of
-//! [`crate::protocol::server`] in the order the real server runs them, and a [`MemoryDevice`] that
-//! runs the device steps. They hold everything in memory and exchange *encoded bytes*, so scenario
-//! and property tests (and the benchmark) exercise the real wire format over a simulated network.
+//! In-memory shells around the exchange: a [`MemoryServer`] that drives the server's core
+//! ([`crate::protocol::server`]: the writer, the sync exchange and the automerge-repo peer, the code
+//! `desa-server` ships) over the reference store, and a [`MemoryDevice`] that runs the device steps.
+//! They hold everything in memory and exchange *encoded bytes*, so scenario and property tests, the
+//! fuzz targets and the benchmark exercise the real wire format over a simulated network.
 
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use automerge::{ActorId, Automerge, Change, ChangeHash};
 
+use crate::audit::AuditEvent;
 use crate::protocol::absorb::{absorb, DeviceStore, RecordedRefusal};
 use crate::protocol::device::{DeviceSync, UPLOAD_BYTES};
-use crate::protocol::server::{self as steps, FeedBuilder, Receipt};
-use crate::protocol::{Scope, SyncRequest, SyncResponse, WireError};
-use crate::rules::{
-    self, Access, Actors, HeldBudget, Origin, Principal, Role, Submission, Verdict,
-};
+use crate::protocol::server::working::load_working;
+use crate::protocol::server::writer::{self, Job};
+use crate::protocol::server::{self as steps, exchange, peer, EngineError, Judged, Via, Working};
+use crate::protocol::{Position, Scope, SyncRequest, SyncResponse, WireError};
+use crate::rules::{self, Access, Actors, HeldLimits, Principal, Role, Verdict};
+use crate::store::memory::MemoryStore;
+use crate::store::{AuditStore, Commit, DirectoryStore, FeedRow, ReportStore, StoredDoc};
 use crate::{
     DeviceId, Edit, NewReport, Report, ReportError, ReportId, ReportKind, VillageCode, Writer,
 };
@@ -60,45 +65,40 @@ pub fn sample_incident(
     Report::create(id, &new, &sample_fields(title), &volunteer(device))
 }
 
-/// One stored report of the [`MemoryServer`].
-#[derive(Debug, Clone)]
-pub struct StoredReport {
-    /// The merged document.
-    pub doc: Automerge,
-    /// The village (fixed at creation).
-    pub village: VillageCode,
-    /// Receipts of its updates.
-    pub receipts: Vec<Receipt>,
-    /// Seq of its latest update.
-    pub last_seq: u64,
-}
-
-/// Why the in-memory server refused a whole request.
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    /// Undecodable body.
-    #[error(transparent)]
-    Wire(#[from] WireError),
-    /// Unknown village, duplicate scope…
-    #[error(transparent)]
-    Plan(#[from] steps::PlanError),
-}
-
-/// The server's steps, all in memory.
-#[derive(Debug, Default)]
+/// The server, all in memory: the core of [`crate::protocol::server`] — the same writer, exchange
+/// and peer state machine `desa-server` runs — over a [`MemoryStore`], with a cache that holds
+/// every report. The simulated network has no tokens: each device that syncs is a volunteer of
+/// every village and a person of its own, unless [`MemoryServer::one_person`] says otherwise.
 pub struct MemoryServer {
-    reports: BTreeMap<ReportId, StoredReport>,
-    held: BTreeMap<ReportId, Vec<Submission>>,
-    seq: u64,
-    clock_ms: i64,
+    store: MemoryStore,
+    cache: RefCell<HashMap<ReportId, Arc<Working>>>,
+    /// Devices that have synced, and whose they are.
+    devices: RefCell<HashMap<DeviceId, String>>,
+    /// Changes refused per (peer, report), across a peer's connections.
+    refused: RefCell<HashMap<(String, ReportId), HashSet<ChangeHash>>>,
+    /// Reports committed since [`MemoryServer::take_committed`] last ran.
+    committed: RefCell<Vec<ReportId>>,
+    clock_ms: Cell<i64>,
     /// Page size of feeds (small values exercise paging).
     pub page_limit: Option<usize>,
-    /// Who owns what: each device that syncs is a person of its own (the simulated network has no
-    /// accounts) unless [`MemoryServer::one_person`] says otherwise, and actors bound to their
-    /// first uploader.
-    book: Book,
-    budget: HeldBudget,
     person: Option<String>,
+    limits: HeldLimits,
+}
+
+impl Default for MemoryServer {
+    fn default() -> Self {
+        MemoryServer {
+            store: MemoryStore::new(),
+            cache: RefCell::default(),
+            devices: RefCell::default(),
+            refused: RefCell::default(),
+            committed: RefCell::default(),
+            clock_ms: Cell::new(0),
+            page_limit: None,
+            person: None,
+            limits: HeldLimits::default(),
+        }
+    }
 }
 
 /// An in-memory directory for the authorship rules: which person owns which device, and the actors
@@ -151,13 +151,14 @@ impl MemoryServer {
     /// A server that has created the profile of each of `villages`, as the real server does on its
     /// first start.
     pub fn with_village_profiles(villages: &[VillageCode]) -> Self {
-        let mut server = Self::new();
+        let server = Self::new();
         let principal = Arc::new(Principal::server());
-        for v in villages {
-            if let Ok((report, change)) = Report::village_profile(*v) {
-                server.ingest(report.id(), vec![change], &principal, Origin::Server);
-            }
-        }
+        let batches = villages
+            .iter()
+            .filter_map(|v| Report::village_profile(*v).ok())
+            .map(|(report, change)| (report.id(), vec![change]))
+            .collect();
+        let _ = server.write(Job::ingest(batches, principal, Via::Server));
         server
     }
 
@@ -168,79 +169,70 @@ impl MemoryServer {
         self
     }
 
-    /// A stored report.
-    pub fn report(&self, id: &ReportId) -> Option<&StoredReport> {
-        self.reports.get(id)
+    /// A stored report's state.
+    pub fn report(&self, id: &ReportId) -> Option<Arc<Working>> {
+        self.cache.borrow().get(id).filter(|w| w.exists).cloned()
     }
 
-    /// Every stored report id.
+    /// Every stored report id, in order.
     pub fn report_ids(&self) -> Vec<ReportId> {
-        self.reports.keys().copied().collect()
+        let cache = self.cache.borrow();
+        let mut ids: Vec<ReportId> = cache
+            .iter()
+            .filter(|(_, w)| w.exists)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort();
+        ids
     }
 
-    /// Admit changes into one report and store the result (one "transaction").
-    fn ingest(
-        &mut self,
-        id: ReportId,
-        changes: Vec<Change>,
-        by: &Arc<Principal>,
-        origin: Origin,
-    ) -> HashMap<ChangeHash, Verdict> {
-        self.clock_ms += 1;
-        // Take the report out (no copy); it goes back below with the admitted state.
-        let mut stored = self.reports.remove(&id);
-        let mut doc = stored
-            .as_mut()
-            .map(|s| std::mem::take(&mut s.doc))
-            .unwrap_or_default();
-        // Held changes first: a resend never changes whose access judges a change.
-        let mut all = self.held.remove(&id).unwrap_or_default();
-        all.extend(changes.into_iter().map(|change| Submission {
-            change,
-            by: by.clone(),
-            origin,
-        }));
-        let mut judge = rules::Judge {
-            actors: &self.book,
-            held: &mut self.budget,
-            now: self.clock_ms,
-        };
-        let admission = rules::admit(&mut doc, id, all, &mut judge);
-        self.book.bind(&admission.bindings);
-        if !admission.held.is_empty() {
-            self.held.insert(id, admission.held.clone());
+    /// The store underneath (what it committed: rows, changes, the audit trail).
+    pub fn store(&self) -> &MemoryStore {
+        &self.store
+    }
+
+    /// Reports committed since the last call (what the real server tells its live connections).
+    pub fn take_committed(&self) -> Vec<ReportId> {
+        std::mem::take(&mut *self.committed.borrow_mut())
+    }
+
+    /// The simulated clock: one millisecond per step.
+    pub fn now(&self) -> i64 {
+        self.clock_ms.get()
+    }
+
+    fn tick(&self) -> i64 {
+        self.clock_ms.set(self.clock_ms.get() + 1);
+        self.clock_ms.get()
+    }
+
+    /// The principal of a device that syncs (enrolled on first sight).
+    pub fn principal(&self, device: DeviceId) -> Arc<Principal> {
+        let mut principal = device_principal(device);
+        if let Some(user) = &self.person {
+            principal.user = user.clone();
         }
-        if !admission.applied.is_empty() {
-            let village = admission
-                .state
-                .as_ref()
-                .and_then(|s| s["village"].as_str())
-                .and_then(|v| VillageCode::parse(v).ok());
-            if let Some(village) = village {
-                self.seq += 1;
-                let entry = stored.get_or_insert_with(|| StoredReport {
-                    doc: Automerge::new(),
-                    village,
-                    receipts: Vec::new(),
-                    last_seq: 0,
-                });
-                entry.last_seq = self.seq;
-                steps::record_receipt(
-                    &mut entry.receipts,
-                    Receipt {
-                        seq: self.seq,
-                        received_at: self.clock_ms,
-                        heads: doc.get_heads().iter().map(|h| h.0).collect(),
-                    },
-                );
-            }
+        self.devices
+            .borrow_mut()
+            .entry(device)
+            .or_insert_with(|| principal.user.clone());
+        Arc::new(principal)
+    }
+
+    /// One group of one job, through the core's writer.
+    fn write(&self, job: Job) -> Result<Judged, EngineError> {
+        let now = self.tick();
+        let settled = writer::write(self, std::slice::from_ref(&job), self.limits, now);
+        let mut cache = self.cache.borrow_mut();
+        for (id, working) in settled.workings {
+            cache.insert(id, Arc::new(working));
         }
-        // admit leaves `doc` as the new state (refused and held changes are not in it).
-        if let Some(mut entry) = stored {
-            entry.doc = doc;
-            self.reports.insert(id, entry);
-        }
-        admission.verdicts
+        self.committed.borrow_mut().extend(settled.changed);
+        settled
+            .answers
+            .into_iter()
+            .next()
+            .map_or_else(|| Ok(Judged::new()), |(_, answer)| answer)
     }
 
     /// A coordinator's edit through the API: an ordinary change that flows to devices.
@@ -250,12 +242,15 @@ impl MemoryServer {
         edits: &[Edit],
         writer: &Writer,
     ) -> Result<Option<Change>, ReportError> {
-        let stored = self
-            .reports
-            .get(&id)
-            .ok_or_else(|| ReportError::NotAReport(format!("no report {id}")))?;
-        let mut report = Report::from_doc(id, stored.doc.clone())?;
-        let Some(change) = report.edit(edits, writer)? else {
+        let to_report_error = |e: EngineError| match e {
+            EngineError::Refused(r) => ReportError::Refused(r),
+            e => ReportError::NotAReport(e.to_string()),
+        };
+        let nonce = (self.now() as u128).to_le_bytes();
+        let working = self.report(&id);
+        let Some(change) = writer::api_change(working.as_deref(), id, edits, writer, nonce)
+            .map_err(to_report_error)?
+        else {
             return Ok(None);
         };
         let device =
@@ -265,78 +260,153 @@ impl MemoryServer {
             device,
             access: Access::everywhere(writer.role),
         });
-        let verdicts = self.ingest(id, vec![change.clone()], &by, Origin::Server);
-        match verdicts.get(&change.hash()) {
-            Some(Verdict::Accepted) => Ok(Some(change)),
-            Some(Verdict::Refused(r)) => Err(ReportError::Refused(r.clone())),
-            _ => Err(ReportError::NotAReport("change held".into())),
+        let judged = self
+            .write(Job::ingest(vec![(id, vec![change.clone()])], by, Via::Api))
+            .map_err(to_report_error)?;
+        writer::api_verdict(&judged, id, change.hash()).map_err(to_report_error)?;
+        Ok(Some(change))
+    }
+
+    /// Answer one encoded sync request, through the core's exchange.
+    pub fn handle(&mut self, body: &[u8]) -> Result<Vec<u8>, EngineError> {
+        let request = SyncRequest::decode(body)?;
+        let principal = self.principal(request.device);
+        let page = self.page_limit.unwrap_or(steps::PAGE_REPORTS);
+        let now = self.tick();
+        let answer = exchange::sync(&*self, body, &principal, page, now)?;
+        if let Some(read) = answer.read {
+            self.store.append_audit(&[read])?;
+        }
+        Ok(answer.body)
+    }
+}
+
+impl writer::Lookup for MemoryServer {
+    fn take(&self, id: &ReportId) -> Result<Working, EngineError> {
+        if let Some(w) = self.cache.borrow_mut().remove(id) {
+            return Ok(Arc::try_unwrap(w).unwrap_or_else(|shared| (*shared).clone()));
+        }
+        match self.store.load(id)? {
+            Some(stored) => load_working(id, &stored),
+            None => Ok(Working::default()),
         }
     }
 
-    /// Answer one encoded sync request.
-    pub fn handle(&mut self, body: &[u8]) -> Result<Vec<u8>, ServerError> {
-        let request = SyncRequest::decode(body)?;
-        let plan = steps::plan(&request)?;
-        // The simulated network has no tokens: the request's device is taken at its word, a
-        // person of its own.
-        let mut principal = device_principal(request.device);
-        if let Some(user) = &self.person {
-            principal.user = user.clone();
+    fn principal_of(&self, device: DeviceId) -> Option<Arc<Principal>> {
+        let user = self.devices.borrow().get(&device).cloned()?;
+        let mut principal = device_principal(device);
+        principal.user = user;
+        Some(Arc::new(principal))
+    }
+
+    fn device_owner(&self, device: DeviceId) -> Option<String> {
+        self.devices.borrow().get(&device).cloned()
+    }
+
+    fn actor_owners(&self, actors: &[ActorId]) -> Result<HashMap<ActorId, String>, EngineError> {
+        let raw: Vec<Vec<u8>> = actors.iter().map(|a| a.to_bytes().to_vec()).collect();
+        Ok(self
+            .store
+            .actor_owners(&raw)?
+            .into_iter()
+            .map(|(actor, user)| (ActorId::from(actor), user))
+            .collect())
+    }
+
+    fn held_usage(
+        &self,
+        devices: &[DeviceId],
+    ) -> Result<HashMap<DeviceId, (usize, usize)>, EngineError> {
+        Ok(self.store.held_usage(devices)?)
+    }
+}
+
+impl writer::Commits for MemoryServer {
+    fn last_seq(&self) -> Result<u64, EngineError> {
+        Ok(self.store.last_seq()?)
+    }
+
+    fn commit(&self, commit: &Commit) -> Result<(), EngineError> {
+        Ok(self.store.commit(commit)?)
+    }
+}
+
+impl exchange::Exchange for MemoryServer {
+    fn ingest(
+        &self,
+        batches: Vec<(ReportId, Vec<Change>)>,
+        principal: &Arc<Principal>,
+    ) -> Result<Judged, EngineError> {
+        self.write(Job::ingest(batches, principal.clone(), Via::Sync))
+    }
+
+    fn working(&self, id: &ReportId) -> Result<Option<Arc<Working>>, EngineError> {
+        if let Some(w) = self.cache.borrow().get(id) {
+            return Ok(Some(w.clone()));
         }
-        let principal = Arc::new(principal);
-        if !self.book.devices.contains_key(&request.device) {
-            self.book.enrol(request.device, &principal.user);
+        match self.store.load(id)? {
+            Some(stored) => Ok(Some(Arc::new(load_working(id, &stored)?))),
+            None => Ok(None),
         }
-        let mut judged = HashMap::new();
-        for (id, changes) in plan.reports() {
-            let verdicts = self.ingest(*id, changes.clone(), &principal, Origin::Uploaded);
-            judged.insert(*id, verdicts);
-        }
-        let verdicts = plan.verdicts(&judged);
-        let rebuilds = judged
-            .iter()
-            .filter(|(_, v)| v.values().any(|v| matches!(v, Verdict::Refused(_))))
-            .filter_map(|(id, verdicts)| {
-                let doc = self.reports.get(id).map(|s| &s.doc);
-                steps::rebuild_for(*id, doc, &principal.access, verdicts)
-            })
-            .collect();
-        let exclude = plan.uploaded();
-        let none = HashSet::new();
-        let mut feeds = Vec::new();
-        for (scope, village, position) in plan.positions() {
-            let mut rows: Vec<(&ReportId, &StoredReport)> = self
-                .reports
-                .iter()
-                .filter(|(id, r)| {
-                    r.village == *village
-                        && r.last_seq > position.since
-                        && position
-                            .after
-                            .is_none_or(|m| (r.last_seq, **id) > (m.seq, m.report))
-                })
-                .collect();
-            rows.sort_by_key(|(id, r)| (r.last_seq, **id));
-            let mut builder = match self.page_limit {
-                Some(limit) => {
-                    FeedBuilder::with_limits(*scope, *position, limit, steps::PAGE_BYTES)
-                }
-                None => FeedBuilder::new(*scope, *position),
-            };
-            let mut rows = rows.into_iter().peekable();
-            while builder.has_room() {
-                let Some((id, r)) = rows.next() else { break };
-                let mine = exclude.get(id).unwrap_or(&none);
-                builder.push(*id, r.last_seq, &r.doc, &r.receipts, mine);
-            }
-            feeds.push(builder.finish(rows.peek().is_some()));
-        }
-        Ok(SyncResponse {
-            verdicts,
-            rebuilds,
-            feeds,
-        }
-        .encode())
+    }
+
+    fn cached(&self, id: &ReportId) -> Result<Option<Arc<Working>>, EngineError> {
+        Ok(self.cache.borrow().get(id).cloned())
+    }
+
+    fn stored(&self, id: &ReportId) -> Result<Option<StoredDoc>, EngineError> {
+        Ok(self.store.load(id)?)
+    }
+
+    fn feed_rows(
+        &self,
+        village: VillageCode,
+        position: &Position,
+        limit: usize,
+    ) -> Result<Vec<FeedRow>, EngineError> {
+        Ok(self.store.feed(village, position, limit)?)
+    }
+}
+
+impl peer::PeerContext for MemoryServer {
+    fn working(&self, id: &ReportId) -> Result<Option<Arc<Working>>, EngineError> {
+        exchange::Exchange::working(self, id)
+    }
+
+    fn ingest(
+        &self,
+        report: ReportId,
+        changes: Vec<Change>,
+        principal: &Arc<Principal>,
+    ) -> Result<HashMap<ChangeHash, Verdict>, EngineError> {
+        let mut judged = self.write(Job::ingest(
+            vec![(report, changes)],
+            principal.clone(),
+            Via::Ws,
+        ))?;
+        Ok(judged.remove(&report).unwrap_or_default())
+    }
+
+    fn audit(&self, events: Vec<AuditEvent>) -> Result<(), EngineError> {
+        Ok(self.store.append_audit(&events)?)
+    }
+
+    fn sync_states(&self, storage: &str) -> Result<Vec<(ReportId, Vec<u8>)>, EngineError> {
+        Ok(self.store.peer_sync_states(storage)?)
+    }
+
+    fn refused(&self, peer: &str, report: ReportId) -> HashSet<ChangeHash> {
+        let refused = self.refused.borrow();
+        refused
+            .get(&(peer.to_owned(), report))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn remember_refused(&self, peer: &str, report: ReportId, hashes: &[ChangeHash]) {
+        let mut refused = self.refused.borrow_mut();
+        let entry = refused.entry((peer.to_owned(), report)).or_default();
+        entry.extend(hashes.iter().copied());
     }
 }
 

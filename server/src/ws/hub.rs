@@ -8,14 +8,15 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use lru::LruCache;
-use sync_core::automerge::{Change, ChangeHash};
+use sync_core::automerge::ChangeHash;
+use sync_core::protocol::server::peer::{Identity, Relayed};
 use sync_core::{DeviceId, ReportId};
 use tokio::sync::broadcast;
 
 /// Shared by all connections: the server's identity and the ephemeral relay.
 pub struct Hub {
-    pub(super) peer_id: String,
-    pub(super) storage_id: String,
+    /// The server as an automerge-repo peer.
+    pub(super) identity: Arc<Identity>,
     pub(super) relay: broadcast::Sender<Arc<Relayed>>,
     pub(super) next_connection: AtomicU64,
     /// Changes refused per (peer, report), across that peer's connections: never judged, asked
@@ -81,23 +82,15 @@ impl Drop for Slot {
 /// (peer, report) pairs whose refusals are remembered.
 const REMEMBERED_REFUSALS: usize = 10_000;
 
-/// An ephemeral message on its way to the other peers of a document.
-pub(super) struct Relayed {
-    pub(super) from: u64,
-    pub(super) report: ReportId,
-    pub(super) sender_id: String,
-    pub(super) count: u64,
-    pub(super) session_id: String,
-    pub(super) data: Vec<u8>,
-}
-
 impl Hub {
     /// A hub for a server whose storage is identified by `storage_id`.
     pub fn new(storage_id: String, limits: WsLimits) -> Hub {
         let (relay, _) = broadcast::channel(1024);
         Hub {
-            peer_id: format!("desa-sync-{}", uuid::Uuid::new_v4().simple()),
-            storage_id,
+            identity: Arc::new(Identity {
+                peer_id: format!("desa-sync-{}", uuid::Uuid::new_v4().simple()),
+                storage_id,
+            }),
             relay,
             next_connection: AtomicU64::new(1),
             refused: Mutex::new(LruCache::new(
@@ -150,29 +143,4 @@ impl Hub {
             entry.extend(hashes);
         }
     }
-}
-
-/// Split offered changes into those to judge and those that are, or build on, changes already
-/// refused for this peer.
-pub(super) fn without_refused(
-    changes: Vec<Change>,
-    refused: &HashSet<ChangeHash>,
-) -> (Vec<Change>, Vec<ChangeHash>) {
-    let mut bad: HashSet<ChangeHash> = refused.clone();
-    let mut pending = changes;
-    loop {
-        let before = bad.len();
-        for c in &pending {
-            if bad.contains(&c.hash()) || c.deps().iter().any(|d| bad.contains(d)) {
-                bad.insert(c.hash());
-            }
-        }
-        if bad.len() == before {
-            break;
-        }
-    }
-    let (dropped, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut pending)
-        .into_iter()
-        .partition(|c| bad.contains(&c.hash()));
-    (kept, dropped.iter().map(|c| c.hash()).collect())
 }

@@ -590,7 +590,10 @@ mod unpack_tests {
         assert!(unpacked.incomplete.is_empty());
         // A bundle of the three: refused (guard::screen), and nothing of the message is read.
         let bundle = doc.bundle(new.iter().map(|c| c.hash())).unwrap();
-        let bundled = message_with(vec![doc.save_after(&base.get_heads()), bundle.bytes().to_vec()]);
+        let bundled = message_with(vec![
+            doc.save_after(&base.get_heads()),
+            bundle.bytes().to_vec(),
+        ]);
         assert!(changes_of(&bundled, &base).is_err());
         // A whole document: only what the base lacks comes out.
         let whole = message_with(vec![doc.save()]);

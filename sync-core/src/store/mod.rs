@@ -221,6 +221,16 @@ pub struct Commit {
     pub audit: Vec<AuditEvent>,
 }
 
+impl Commit {
+    /// Whether it stores nothing (a group whose every change was refused, or a probe).
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+            && self.held.is_empty()
+            && self.bindings.is_empty()
+            && self.audit.is_empty()
+    }
+}
+
 /// A user account.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserRecord {

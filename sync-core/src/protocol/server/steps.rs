@@ -1,19 +1,18 @@
-//! The server's half of the exchange, as plain functions the server shell calls in order:
+//! The steps of the HTTP exchange, as [`super::exchange`] takes them in order:
 //!
 //! 1. [`plan`] checks a decoded [`SyncRequest`] and groups its changes per report.
-//! 2. For each report of [`Plan::reports`], the shell loads the stored document (and any held
-//!    changes), calls [`crate::rules::admit`], and commits what was applied together with a new
+//! 2. Each report of [`Plan::reports`] is admitted and committed by [`super::writer`], with a new
 //!    [`Receipt`] and the report's new seq — one transaction for the whole request.
 //! 3. [`Plan::verdicts`] lists the verdicts in request order; reports with a refusal get a
-//!    [`Rebuild`] of the server's state.
-//! 4. For each position, the shell fetches the reports of the scope updated after it, ordered by
-//!    (seq, id), and feeds them to a [`FeedBuilder`].
+//!    [`Rebuild`] of the server's state ([`rebuild_for`]).
+//! 4. For each position, the reports of the scope updated after it, ordered by (seq, id), go
+//!    through a [`FeedBuilder`].
 
 use std::collections::{HashMap, HashSet};
 
 use automerge::{Automerge, Change, ChangeHash};
 
-use super::wire::{
+use crate::protocol::wire::{
     Bytes, Delta, FeedItem, PageMark, Position, Rebuild, Scope, ScopeFeed, SyncRequest, WireVerdict,
 };
 use crate::rules::{Access, Refusal, Verdict};
