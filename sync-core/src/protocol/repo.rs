@@ -602,4 +602,24 @@ mod unpack_tests {
         // Garbage is an error, not a panic.
         assert!(changes_of(&message_with(vec![vec![0x85, 0x6f, 0x4a, 0x83, 1]]), &base).is_err());
     }
+
+    /// What automerge 3.5 (JS) sends (`tests/js/document-chunks.mjs` made them): a document of
+    /// one change, and the document chunk its sync message carries after four more changes — the
+    /// whole document, every time, which a reader without the base would take in whole.
+    const BASE: &[u8] = include_bytes!("fixtures/base.automerge");
+    const AFTER_BASE: &[u8] = include_bytes!("fixtures/document-after-base.chunk");
+
+    #[test]
+    fn a_document_chunk_yields_only_what_the_base_lacks() {
+        let base = Automerge::load(BASE).unwrap();
+        let message = message_with(vec![AFTER_BASE.to_vec()]);
+        let unpacked = changes_of(&message, &base).unwrap();
+        assert_eq!(unpacked.changes.len(), 4);
+        assert!(unpacked.incomplete.is_empty());
+        let base_hash = base.get_heads()[0];
+        assert!(unpacked.changes.iter().all(|c| c.hash() != base_hash));
+        // From nothing: all five, the first one included.
+        let unpacked = changes_of(&message, &Automerge::new()).unwrap();
+        assert_eq!(unpacked.changes.len(), 5);
+    }
 }

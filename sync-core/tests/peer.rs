@@ -1,0 +1,383 @@
+//! The automerge-repo peer protocol at the core: sync-core's peer state machine driven by frames
+//! as an automerge-repo client sends them, against the in-memory server (the same writer and rules
+//! `desa-server` runs). The client side is automerge's own sync, as the JS client and samod use it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{note, village};
+use sync_core::automerge::sync::{Message, State, SyncDoc};
+use sync_core::automerge::{Automerge, Change};
+use sync_core::protocol::repo::{PeerMetadata, RepoMessage};
+use sync_core::protocol::server::peer::{Effect, Identity, Input, Peer};
+use sync_core::rules::{Access, Role};
+use sync_core::sim::{sample_incident, volunteer, MemoryServer};
+use sync_core::{DeviceId, Principal, Report, ReportId, VillageCode};
+
+const CLIENT: &str = "client-peer";
+
+fn identity() -> Arc<Identity> {
+    Arc::new(Identity {
+        peer_id: "server-peer".into(),
+        storage_id: "server-storage".into(),
+    })
+}
+
+/// A connection of `device` (a volunteer of every village), joined.
+fn joined(server: &MemoryServer, connection: u64, device: DeviceId) -> Peer {
+    let principal = server.principal(device);
+    joined_as(server, connection, principal)
+}
+
+fn joined_as(server: &MemoryServer, connection: u64, principal: Arc<Principal>) -> Peer {
+    let mut peer = Peer::new(connection, principal, identity());
+    let effects = send(&mut peer, server, join(Some("phone-storage")));
+    assert!(
+        matches!(&effects[..], [Effect::Send(RepoMessage::Peer { target_id, selected_protocol_version, .. })]
+            if target_id == CLIENT && selected_protocol_version == "1"),
+        "{effects:?}"
+    );
+    peer
+}
+
+fn join(storage: Option<&str>) -> RepoMessage {
+    RepoMessage::Join {
+        sender_id: CLIENT.into(),
+        supported_protocol_versions: vec!["1".into()],
+        metadata: PeerMetadata {
+            storage_id: storage.map(str::to_owned),
+            is_ephemeral: false,
+        },
+    }
+}
+
+fn send(peer: &mut Peer, server: &MemoryServer, message: RepoMessage) -> Vec<Effect> {
+    peer.handle(server, Input::Frame(message.encode()), server.now())
+}
+
+fn sync_message(doc: &str, message: &Message) -> RepoMessage {
+    RepoMessage::Sync {
+        sender_id: CLIENT.into(),
+        target_id: "server-peer".into(),
+        document_id: doc.into(),
+        data: message.clone().encode(),
+    }
+}
+
+/// The sync messages among `effects`, for `doc`.
+fn syncs(effects: &[Effect], doc: &str) -> Vec<Message> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Send(RepoMessage::Sync {
+                document_id, data, ..
+            }) if document_id == doc => Some(Message::decode(data).unwrap()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn errors(effects: &[Effect]) -> Vec<String> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Send(RepoMessage::Error { message }) => Some(message.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Sync a client's document with the server until neither side has anything to say; every
+/// effect the server produced along the way.
+fn converse(
+    peer: &mut Peer,
+    server: &MemoryServer,
+    doc: &mut Automerge,
+    state: &mut State,
+    id: &str,
+) -> Vec<Effect> {
+    let mut all = Vec::new();
+    for _ in 0..20 {
+        let Some(message) = doc.generate_sync_message(state) else {
+            break;
+        };
+        let effects = send(peer, server, sync_message(id, &message));
+        for answer in syncs(&effects, id) {
+            doc.receive_sync_message(state, answer).unwrap();
+        }
+        all.extend(effects);
+    }
+    all
+}
+
+fn phone(n: u8) -> DeviceId {
+    DeviceId::from_bytes([n; 16])
+}
+
+/// A report made offline on `device`, and `edits` more changes on top.
+fn offline_report(device: DeviceId, title: &str, notes: usize) -> (ReportId, Automerge) {
+    let id = ReportId::from_random([title.len() as u8; 16]);
+    let (mut report, _) = sample_incident(id, device, title).unwrap();
+    for n in 0..notes {
+        report
+            .edit(&[note(&format!("n{n}"), "seen at the harbour")], &volunteer(device))
+            .unwrap();
+    }
+    (id, report.into_doc())
+}
+
+#[test]
+fn join_is_answered_and_an_unknown_protocol_version_closes() {
+    let server = MemoryServer::new();
+    joined(&server, 1, phone(1));
+    let mut peer = Peer::new(2, server.principal(phone(1)), identity());
+    let effects = send(
+        &mut peer,
+        &server,
+        RepoMessage::Join {
+            sender_id: CLIENT.into(),
+            supported_protocol_versions: vec!["9".into()],
+            metadata: PeerMetadata::default(),
+        },
+    );
+    assert_eq!(errors(&effects).len(), 1);
+    assert_eq!(effects.last(), Some(&Effect::Close));
+    // Nothing before join.
+    let mut early = Peer::new(3, server.principal(phone(1)), identity());
+    let (id, doc) = offline_report(phone(1), "early", 0);
+    let message = doc.clone().generate_sync_message(&mut State::new()).unwrap();
+    let effects = send(&mut early, &server, sync_message(&id.to_string(), &message));
+    assert_eq!(errors(&effects), vec!["send join first".to_owned()]);
+}
+
+#[test]
+fn a_report_made_offline_syncs_change_by_change_and_is_audited() {
+    let server = MemoryServer::new();
+    let mut peer = joined(&server, 1, phone(1));
+    let (id, mut doc) = offline_report(phone(1), "recruiter at the pier", 3);
+    let effects = converse(&mut peer, &server, &mut doc, &mut State::new(), &id.to_string());
+    assert!(errors(&effects).is_empty(), "{effects:?}");
+    let stored = server.report(&id).expect("the server has the report");
+    assert_eq!(stored.doc.get_heads(), doc.get_heads());
+    assert_eq!(stored.doc.get_changes(&[]).len(), 4);
+    // One write, via the WebSocket, under the uploader.
+    let trail = sync_core::store::AuditStore::audit_entries(server.store(), 0, 100).unwrap();
+    let writes: Vec<_> = trail
+        .iter()
+        .filter(|e| e.record.contains("\"via\":\"ws\"") && e.record.contains("write"))
+        .collect();
+    assert_eq!(writes.len(), 1, "{trail:?}");
+}
+
+#[test]
+fn several_changes_in_one_message_are_judged_one_by_one() {
+    let server = MemoryServer::new();
+    let mut peer = joined(&server, 1, phone(1));
+    let (id, doc) = offline_report(phone(1), "many at once", 2);
+    // A volunteer's change of status is refused; the notes around it are not.
+    let report = Report::from_doc(id, doc).unwrap();
+    let status: Change = {
+        let mut trial = report.doc().clone();
+        trial.set_actor(volunteer(phone(1)).actor);
+        let mut tx = trial.transaction();
+        sync_core::automerge::transaction::Transactable::put(
+            &mut tx,
+            sync_core::automerge::ROOT,
+            "status",
+            "closed",
+        )
+        .unwrap();
+        tx.commit();
+        trial.get_last_local_change().unwrap().clone()
+    };
+    let changes: Vec<Vec<u8>> = report
+        .doc()
+        .get_changes(&[])
+        .iter()
+        .map(|c| c.raw_bytes().to_vec())
+        .chain([status.raw_bytes().to_vec()])
+        .collect();
+    let mut message = Automerge::new()
+        .generate_sync_message(&mut State::new())
+        .unwrap();
+    message.heads = vec![status.hash()];
+    message.changes = changes.into();
+    let effects = send(&mut peer, &server, sync_message(&id.to_string(), &message));
+    let said = errors(&effects);
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(said[0].contains(&status.hash().to_string()), "{said:?}");
+    let stored = server.report(&id).expect("the rest is stored");
+    assert_eq!(stored.doc.get_changes(&[]).len(), 3);
+    // The server's answer never asks for the refused change…
+    for answer in syncs(&effects, &id.to_string()) {
+        assert!(!answer.need.contains(&status.hash()));
+    }
+    // …and offered again, it is dropped without a word (samod would reconnect on each error).
+    let effects = send(&mut peer, &server, sync_message(&id.to_string(), &message));
+    assert!(errors(&effects).is_empty(), "{effects:?}");
+    assert_eq!(server.report(&id).unwrap().doc.get_changes(&[]).len(), 3);
+}
+
+#[test]
+fn a_missing_document_is_unavailable_then_pushed_when_it_appears() {
+    let server = MemoryServer::new();
+    let mut waiting = joined(&server, 1, phone(1));
+    let (id, mut doc) = offline_report(phone(2), "arrives later", 1);
+    let doc_id = id.to_string();
+    let mut empty = Automerge::new();
+    let mut state = State::new();
+    let request = empty.generate_sync_message(&mut state).unwrap();
+    let effects = send(
+        &mut waiting,
+        &server,
+        RepoMessage::Request {
+            sender_id: CLIENT.into(),
+            target_id: "server-peer".into(),
+            document_id: doc_id.clone(),
+            data: request.encode(),
+        },
+    );
+    assert!(
+        matches!(&effects[..], [Effect::Send(RepoMessage::DocUnavailable { document_id, .. })] if *document_id == doc_id),
+        "{effects:?}"
+    );
+    // Another phone uploads it; the commit reaches the waiting connection, which offers it.
+    let mut other = joined(&server, 2, phone(2));
+    converse(&mut other, &server, &mut doc, &mut State::new(), &doc_id);
+    let committed = server.take_committed();
+    assert!(committed.contains(&id));
+    let effects = waiting.handle(&server, Input::Committed(Arc::new(committed)), server.now());
+    let offers = syncs(&effects, &doc_id);
+    assert_eq!(offers.len(), 1, "{effects:?}");
+    // The waiting client takes it from there.
+    let mut state = State::new();
+    empty.receive_sync_message(&mut state, offers[0].clone()).unwrap();
+    converse(&mut waiting, &server, &mut empty, &mut state, &doc_id);
+    assert_eq!(empty.get_heads(), doc.get_heads());
+}
+
+#[test]
+fn another_villages_document_is_exactly_a_missing_one() {
+    let server = MemoryServer::new();
+    let mut author = joined(&server, 1, phone(1));
+    let (id, mut doc) = offline_report(phone(1), "in the first village", 0);
+    converse(&mut author, &server, &mut doc, &mut State::new(), &id.to_string());
+    assert!(server.report(&id).is_some());
+    // A volunteer of another village asks for it, and for an id nobody has.
+    let elsewhere = VillageCode::parse("6302010002").unwrap();
+    assert_ne!(elsewhere, village());
+    let outsider = Arc::new(Principal {
+        access: Access::in_villages(Role::Volunteer, [elsewhere]),
+        ..(*server.principal(phone(3))).clone()
+    });
+    let ask = |peer: &mut Peer, doc_id: &str| {
+        let request = Automerge::new()
+            .generate_sync_message(&mut State::new())
+            .unwrap();
+        let effects = send(
+            peer,
+            &server,
+            RepoMessage::Request {
+                sender_id: CLIENT.into(),
+                target_id: "server-peer".into(),
+                document_id: doc_id.into(),
+                data: request.encode(),
+            },
+        );
+        effects
+            .into_iter()
+            .map(|e| format!("{e:?}").replace(doc_id, "DOC"))
+            .collect::<Vec<_>>()
+    };
+    let mut peer = joined_as(&server, 2, outsider.clone());
+    let theirs = ask(&mut peer, &id.to_string());
+    let missing = ask(&mut peer, &ReportId::from_random([9; 16]).to_string());
+    assert_eq!(theirs, missing);
+    // Offering changes to it: refused with the same words as changes to a missing report.
+    let (_, mut forged) = offline_report(phone(3), "forged", 1);
+    forged.merge(&mut doc.clone()).unwrap();
+    let mut peer = joined_as(&server, 3, outsider);
+    let effects = converse(&mut peer, &server, &mut forged, &mut State::new(), &id.to_string());
+    assert!(!errors(&effects).is_empty());
+    assert!(errors(&effects)
+        .iter()
+        .all(|e| e.contains("not permitted") || e.contains("refused")));
+    assert_eq!(server.report(&id).unwrap().doc.get_heads(), doc.get_heads());
+}
+
+#[test]
+fn ephemeral_messages_reach_other_peers_with_the_document_open_once() {
+    let server = MemoryServer::new();
+    let mut a = joined(&server, 1, phone(1));
+    let (id, mut doc) = offline_report(phone(1), "shared", 0);
+    let doc_id = id.to_string();
+    converse(&mut a, &server, &mut doc, &mut State::new(), &doc_id);
+    let mut b = joined(&server, 2, phone(2));
+    let mut copy = Automerge::new();
+    converse(&mut b, &server, &mut copy, &mut State::new(), &doc_id);
+    let mut c = joined(&server, 3, phone(3)); // has nothing open
+    let cursor = |count: u64| RepoMessage::Ephemeral {
+        sender_id: CLIENT.into(),
+        target_id: "server-peer".into(),
+        count,
+        session_id: "session-1".into(),
+        document_id: doc_id.clone(),
+        data: vec![0xa1, 0x61, b'x', 0x01],
+    };
+    let effects = send(&mut a, &server, cursor(1));
+    let [Effect::Relay(relayed)] = &effects[..] else {
+        panic!("{effects:?}")
+    };
+    let relayed = Arc::new(relayed.clone());
+    let to_b = b.handle(&server, Input::Relayed(relayed.clone()), server.now());
+    assert!(
+        matches!(&to_b[..], [Effect::Send(RepoMessage::Ephemeral { count: 1, document_id, .. })] if *document_id == doc_id),
+        "{to_b:?}"
+    );
+    assert!(a.handle(&server, Input::Relayed(relayed.clone()), 0).is_empty());
+    assert!(c.handle(&server, Input::Relayed(relayed), 0).is_empty());
+    // The same count again is a duplicate.
+    assert!(send(&mut a, &server, cursor(1)).is_empty());
+    assert_eq!(send(&mut a, &server, cursor(2)).len(), 1);
+}
+
+#[test]
+fn leave_or_a_revoked_device_closes_and_sync_states_are_handed_over() {
+    let server = MemoryServer::new();
+    let mut peer = joined(&server, 1, phone(1));
+    let (id, mut doc) = offline_report(phone(1), "kept", 0);
+    converse(&mut peer, &server, &mut doc, &mut State::new(), &id.to_string());
+    let (storage, states) = peer.sync_states().expect("a peer with a storage id");
+    assert!(storage.ends_with("/phone-storage"));
+    assert_eq!(states.len(), 1);
+    assert_eq!(
+        send(
+            &mut peer,
+            &server,
+            RepoMessage::Leave {
+                sender_id: CLIENT.into()
+            }
+        ),
+        vec![Effect::Close]
+    );
+    let mut other = joined(&server, 2, phone(2));
+    let effects = other.handle(&server, Input::Access(None), 0);
+    assert_eq!(errors(&effects), vec!["this device has been revoked".to_owned()]);
+    assert_eq!(effects.last(), Some(&Effect::Close));
+    // Unchanged access goes on; changed access closes (the device reconnects with the new one).
+    let mut third = joined(&server, 3, phone(3));
+    let same = server.principal(phone(3));
+    assert!(third.handle(&server, Input::Access(Some(same.clone())), 0).is_empty());
+    let fewer = Arc::new(Principal {
+        access: Access::in_villages(Role::Volunteer, [village()]),
+        ..(*same).clone()
+    });
+    let effects = third.handle(&server, Input::Access(Some(fewer)), 0);
+    assert_eq!(effects.last(), Some(&Effect::Close));
+    // Garbage is an error, not a close.
+    let effects = third.handle(&server, Input::Frame(vec![0xff, 0x00]), 0);
+    assert_eq!(errors(&effects).len(), 1);
+    assert!(!effects.contains(&Effect::Close));
+}
