@@ -1,5 +1,8 @@
-//! The command line, as clap parses it. Values are parsed into domain types here ([`ReportId`],
-//! [`ReportKind`], [`Assignment`], [`FieldPath`]), so commands never see raw strings.
+//! The command line, as clap parses it. Values that have a domain type are parsed into it here
+//! ([`ReportId`], [`ReportKind`], [`Assignment`], [`FieldPath`], [`DeviceToken`]), so a malformed
+//! one is a usage error before any command runs. Free text (titles, notes, narratives, names) and
+//! the server's address and the village code stay strings: the report schema, the rules and the
+//! commands that use them check them.
 
 use std::io::Write;
 use std::path::PathBuf;

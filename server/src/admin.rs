@@ -202,7 +202,7 @@ pub fn list_devices(store: &dyn Store, user: Option<&str>) -> Result<String, Adm
             .find(|u| u.name == d.user)
             .map_or("-".to_owned(), |u| u.role.to_string());
         let state = match d.revoked_at {
-            Some(at) => format!("revoked {}", crate::view::rfc3339_ms(at)),
+            Some(at) => format!("revoked {}", sync_core::audit::rfc3339_ms(at)),
             None => "active".into(),
         };
         let _ = writeln!(
@@ -210,7 +210,7 @@ pub fn list_devices(store: &dyn Store, user: Option<&str>) -> Result<String, Adm
             "{}\t{}\t{role}\t{}\t{state}",
             d.id,
             d.user,
-            crate::view::rfc3339_ms(d.created_at)
+            sync_core::audit::rfc3339_ms(d.created_at)
         );
     }
     Ok(out)
@@ -274,7 +274,7 @@ pub fn list_users(store: &dyn Store) -> Result<String, AdminError> {
         let villages: Vec<String> = user.villages.iter().map(ToString::to_string).collect();
         let removed = user
             .removed_at
-            .map(|at| format!("\tremoved {}", crate::view::rfc3339_ms(at)))
+            .map(|at| format!("\tremoved {}", sync_core::audit::rfc3339_ms(at)))
             .unwrap_or_default();
         let _ = writeln!(
             out,
@@ -289,7 +289,7 @@ pub fn list_users(store: &dyn Store) -> Result<String, AdminError> {
         );
         for d in devices.iter().filter(|d| d.user == user.name) {
             let state = match d.revoked_at {
-                Some(at) => format!("revoked {}", crate::view::rfc3339_ms(at)),
+                Some(at) => format!("revoked {}", sync_core::audit::rfc3339_ms(at)),
                 None => "active".into(),
             };
             let _ = writeln!(out, "  device {}\t{state}", d.id);

@@ -9,8 +9,7 @@
 //! concurrently. The store is the truth: only the writer thread fills the cache, with a document
 //! just committed, and it drops what it took if the commit failed.
 
-use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, MutexGuard};
 
 use lru::LruCache;
 use sync_core::automerge::{Change, ChangeHash};
@@ -23,50 +22,12 @@ use sync_core::{Principal, Report, ReportId, VillageCode};
 use crate::audit::AuditEvent;
 use crate::auth::Directory;
 use crate::ingest::Ingestor;
+use crate::shared::{Shared, SystemClock};
 use crate::store::{FeedRow, Store, StoredDoc};
 
+pub use crate::shared::Clock;
+
 pub use sync_core::protocol::server::{EngineError, Via};
-
-/// The server's clock as the engine reads it: the system clock, or one a test drives.
-pub trait Clock: Send + Sync {
-    /// Unix milliseconds.
-    fn now(&self) -> i64;
-}
-
-/// The system clock.
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> i64 {
-        crate::clock::now_ms()
-    }
-}
-
-/// What the request threads and the writer thread share: the store, the directory (whose
-/// devices' access judges their changes), the document cache and the clock.
-pub struct Shared {
-    pub(crate) store: Arc<dyn Store>,
-    pub(crate) directory: Arc<Directory>,
-    cache: Mutex<LruCache<ReportId, Arc<Working>>>,
-    /// After each commit: the reports it changed (live push to WebSocket peers).
-    pub(crate) committed: tokio::sync::broadcast::Sender<Arc<Vec<ReportId>>>,
-    pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) held_limits: HeldLimits,
-    /// Actors known to be bound, and to whom (a binding never changes once committed): spares the
-    /// writer a store lookup per group for the actors of apps that sync often.
-    pub(crate) bound: Mutex<LruCache<sync_core::automerge::ActorId, String>>,
-}
-
-/// Bound actors remembered in memory.
-const BOUND_ACTORS: usize = 65_536;
-
-impl Shared {
-    pub(crate) fn cache(
-        &self,
-    ) -> Result<MutexGuard<'_, LruCache<ReportId, Arc<Working>>>, EngineError> {
-        self.cache.lock().map_err(|_| EngineError::Poisoned)
-    }
-}
 
 /// The engine.
 pub struct Engine {
@@ -75,10 +36,6 @@ pub struct Engine {
     /// Reports per sync answer page (at most; a page also stops at 512 KiB).
     page_reports: usize,
 }
-
-/// Commit notifications a slow listener may fall behind by before it is told it lagged (and then
-/// re-syncs everything it has open).
-const COMMITTED_BACKLOG: usize = 1024;
 
 /// How an engine is set up besides its store and directory.
 #[derive(Clone)]
@@ -112,19 +69,13 @@ impl Engine {
         directory: Arc<Directory>,
         options: EngineOptions,
     ) -> std::io::Result<Self> {
-        let capacity = NonZeroUsize::new(options.cache_reports.max(1)).unwrap_or(NonZeroUsize::MIN);
-        let (committed, _) = tokio::sync::broadcast::channel(COMMITTED_BACKLOG);
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Shared::new(
             store,
             directory,
-            cache: Mutex::new(LruCache::new(capacity)),
-            committed,
-            clock: options.clock,
-            held_limits: options.held_limits,
-            bound: Mutex::new(LruCache::new(
-                NonZeroUsize::new(BOUND_ACTORS).unwrap_or(NonZeroUsize::MIN),
-            )),
-        });
+            options.cache_reports,
+            options.clock,
+            options.held_limits,
+        ));
         let ingestor = Ingestor::start(shared.clone())?;
         Ok(Engine {
             shared,

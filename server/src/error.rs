@@ -5,7 +5,8 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use sync_core::protocol::server::PlanError;
 
-use crate::engine::EngineError;
+use sync_core::protocol::server::EngineError;
+use sync_core::DeviceId;
 
 /// An API failure.
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +28,7 @@ pub enum ApiError {
     Refused(String),
     /// No valid token (401). The detail says which kind of failure, never the token.
     #[error("authentication required: {0}")]
-    Unauthorized(crate::auth::AuthFailure),
+    Unauthorized(AuthFailure),
     /// Authenticated, but the caller's role or villages do not allow this (403).
     #[error("{0}")]
     Forbidden(String),
@@ -38,7 +39,7 @@ pub enum ApiError {
     #[error("{}", .detail.clone().unwrap_or_else(|| format!("too many requests: try again in {} s", .retry_after.seconds())))]
     RateLimited {
         /// When the caller may try again.
-        retry_after: crate::limit::RetryAfter,
+        retry_after: RetryAfter,
         /// What is limited, when it is not the request rate.
         detail: Option<String>,
     },
@@ -47,7 +48,7 @@ pub enum ApiError {
     Internal(String),
     /// The store failed (500); nothing was acknowledged. The store's error is the source.
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] sync_core::store::StoreError),
     /// An answer could not be encoded (500).
     #[error("encoding the answer: {0}")]
     Encoding(#[from] serde_json::Error),
@@ -146,8 +147,8 @@ impl From<EngineError> for ApiError {
     }
 }
 
-impl From<crate::limit::RetryAfter> for ApiError {
-    fn from(retry_after: crate::limit::RetryAfter) -> Self {
+impl From<RetryAfter> for ApiError {
+    fn from(retry_after: RetryAfter) -> Self {
         ApiError::RateLimited {
             retry_after,
             detail: None,
@@ -161,6 +162,50 @@ impl From<actix_web::error::BlockingError> for ApiError {
     }
 }
 
+/// Why a request is not authenticated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthFailure {
+    /// No token at all.
+    #[error("missing token")]
+    Missing,
+    /// Something that is not a desa token.
+    #[error("malformed token")]
+    Malformed,
+    /// A token naming a device the server does not know.
+    #[error("unknown device")]
+    UnknownDevice(DeviceId),
+    /// A known device, but the secret does not match.
+    #[error("wrong secret")]
+    WrongSecret(DeviceId),
+    /// A revoked device.
+    #[error("revoked device")]
+    Revoked(DeviceId),
+}
+
+impl AuthFailure {
+    /// The device the token named, if it parsed.
+    pub fn device(&self) -> Option<DeviceId> {
+        match self {
+            AuthFailure::Missing | AuthFailure::Malformed => None,
+            AuthFailure::UnknownDevice(d)
+            | AuthFailure::WrongSecret(d)
+            | AuthFailure::Revoked(d) => Some(*d),
+        }
+    }
+}
+
+/// Refused: the key is over its rate. Try again after this long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryAfter(pub std::time::Duration);
+
+impl RetryAfter {
+    /// Whole seconds for the `Retry-After` header: rounded up, at least 1.
+    pub fn seconds(&self) -> u64 {
+        let secs = self.0.as_secs() + u64::from(self.0.subsec_nanos() > 0);
+        secs.max(1)
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -168,9 +213,7 @@ mod tests {
 
     #[actix_web::test]
     async fn rate_limited_is_a_429_with_retry_after_and_the_json_shape() {
-        let err = ApiError::from(crate::limit::RetryAfter(std::time::Duration::from_millis(
-            1200,
-        )));
+        let err = ApiError::from(RetryAfter(std::time::Duration::from_millis(1200)));
         let response = err.error_response();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(

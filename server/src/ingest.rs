@@ -25,7 +25,7 @@ use sync_core::store::Commit;
 use sync_core::{DeviceId, Principal, ReportId};
 
 use crate::audit::AuditEvent;
-use crate::engine::Shared;
+use crate::shared::Shared;
 
 /// At most this many ingests share a commit (bounds the latency of the first one)…
 const MAX_GROUP: usize = 64;

@@ -34,7 +34,7 @@ use actix_web::web;
 use lru::LruCache;
 
 use crate::error::ApiError;
-use crate::routes::Limits;
+pub use crate::error::RetryAfter;
 
 /// Default sustained rate, requests per second per key.
 pub const DEFAULT_RATE: u32 = 20;
@@ -44,16 +44,13 @@ pub const DEFAULT_BURST: u32 = 100;
 /// keys reaches it.
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
 
-/// Refused: the key is over its rate. Try again after this long.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryAfter(pub Duration);
-
-impl RetryAfter {
-    /// Whole seconds for the `Retry-After` header: rounded up, at least 1.
-    pub fn seconds(&self) -> u64 {
-        let secs = self.0.as_secs() + u64::from(self.0.subsec_nanos() > 0);
-        secs.max(1)
-    }
+/// Request limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest accepted body, bytes.
+    pub max_body: usize,
+    /// Largest accepted WebSocket message, bytes.
+    pub max_message: usize,
 }
 
 /// A token bucket per key, over a bounded map (see the module documentation).

@@ -14,9 +14,10 @@ use std::path::PathBuf;
 use crate::audit::AuditKey;
 use crate::config::{Settings, StoreArgs};
 use crate::engine::{Engine, EngineOptions};
+use crate::http;
 use crate::keys;
+use crate::limit::Limits;
 use crate::limit::{self, RateLimiter};
-use crate::routes::{self, Limits};
 use crate::store::sqlite::{Encryption, SqliteStore};
 use crate::store::StoreError;
 
@@ -277,10 +278,10 @@ impl Application {
                 .app_data(
                     web::JsonConfig::default()
                         .limit(json_limit)
-                        .error_handler(routes::json_error),
+                        .error_handler(http::json_error),
                 )
-                .app_data(web::QueryConfig::default().error_handler(routes::query_error))
-                .configure(routes::configure)
+                .app_data(web::QueryConfig::default().error_handler(http::query_error))
+                .configure(http::configure)
         });
         let tls_on = tls.is_some();
         let server = match tls {

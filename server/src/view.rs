@@ -2,21 +2,16 @@
 //! conflicts at any depth, heads, and its history (which device changed which fields, the device's
 //! time and the server's receipt time).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
-use sync_core::automerge::{Automerge, PatchAction, Prop};
+use sync_core::automerge::Automerge;
 use sync_core::view::Conflict;
 use sync_core::{DeviceId, ReportId};
 
 use crate::store::{ChangeReceipt, ReportRow};
-
-/// RFC 3339 (UTC, milliseconds) of a unix-ms time.
-pub fn rfc3339_ms(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(t).to_string()
-}
+use sync_core::audit::rfc3339_ms;
 
 /// A report in a list.
 #[derive(Serialize)]
@@ -140,6 +135,7 @@ impl<'a> ReportView<'a> {
 pub fn history(doc: &Automerge, receipts: &[ChangeReceipt]) -> Vec<HistoryEntry> {
     let received: HashMap<[u8; 32], &ChangeReceipt> =
         receipts.iter().map(|r| (r.hash, r)).collect();
+    let mut fields = sync_core::view::FieldsWritten::new(doc);
     doc.get_changes(&[])
         .iter()
         .map(|change| {
@@ -156,46 +152,10 @@ pub fn history(doc: &Automerge, receipts: &[ChangeReceipt]) -> Vec<HistoryEntry>
                 device_time: rfc3339_ms(change.timestamp().saturating_mul(1000)),
                 received_at: receipt.map(|r| rfc3339_ms(r.received_at)),
                 seq: receipt.map(|r| r.seq),
-                fields: fields_touched(doc, change.deps(), hash),
+                fields: fields.of(std::slice::from_ref(change)),
             }
         })
         .collect()
-}
-
-fn fields_touched(
-    doc: &Automerge,
-    deps: &[sync_core::automerge::ChangeHash],
-    hash: sync_core::automerge::ChangeHash,
-) -> Vec<String> {
-    let mut fields = BTreeSet::new();
-    for patch in doc.diff(deps, &[hash]) {
-        let mut path: Vec<String> = patch.path.iter().map(|(_, p)| prop_text(p)).collect();
-        match &patch.action {
-            PatchAction::PutMap { key, .. } | PatchAction::DeleteMap { key } => {
-                path.push(key.clone())
-            }
-            PatchAction::PutSeq { index, .. }
-            | PatchAction::Insert { index, .. }
-            | PatchAction::DeleteSeq { index, .. } => path.push(index.to_string()),
-            PatchAction::Increment { prop, .. } | PatchAction::Conflict { prop } => {
-                path.push(prop_text(prop))
-            }
-            PatchAction::SpliceText { .. } | PatchAction::Mark { .. } => {}
-        }
-        // Report the field and its item, not every nested key of a new item.
-        path.truncate(2);
-        if !path.is_empty() {
-            fields.insert(path.join("."));
-        }
-    }
-    fields.into_iter().collect()
-}
-
-fn prop_text(p: &Prop) -> String {
-    match p {
-        Prop::Map(k) => k.clone(),
-        Prop::Seq(i) => i.to_string(),
-    }
 }
 
 /// A report id from a path segment: the bare id or its `automerge:` URL.

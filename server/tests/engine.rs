@@ -557,3 +557,58 @@ fn a_failed_commit_acknowledges_nothing_and_a_stalled_writer_is_reported() {
     assert!(stuck.join().unwrap(), "it finishes once the disk answers");
     e.probe(std::time::Duration::from_secs(5)).unwrap();
 }
+
+#[test]
+fn a_changes_fields_are_the_same_in_the_audit_trail_and_the_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    let mut a = device(0x51);
+    let id = new_incident(&mut a, "fields");
+    sync(&mut a, &e);
+    a.edit(
+        id,
+        &[
+            set("title", json!("renamed")),
+            set("location.lat", json!(-3.2)),
+            set("location.lon", json!(116.1)),
+            note("n1"),
+            Edit::Append {
+                list: FieldPath::root("people"),
+                item: json!({"role": "witness", "name": "Budi"}),
+            },
+        ],
+    )
+    .unwrap();
+    sync(&mut a, &e);
+    let doc = e.store().load(&id).unwrap().unwrap();
+    let receipts = e.store().change_receipts(&id).unwrap();
+    let working = sync_core::protocol::server::load_working(&id, &doc).unwrap();
+    let history = desa_server::view::history(&working.doc, &receipts);
+    let writes: Vec<serde_json::Value> = audit_records(&e)
+        .into_iter()
+        .filter(|r| r["action"] == "write" && r["report"] == json!(id.to_string()))
+        .collect();
+    assert_eq!(writes.len(), 2, "{writes:?}");
+    for write in writes {
+        let changes = write["changes"].as_array().unwrap();
+        assert_eq!(changes.len(), 1);
+        let entry = history
+            .iter()
+            .find(|h| json!(h.change) == changes[0])
+            .expect("the change is in the history");
+        assert_eq!(json!(entry.fields), write["fields"]);
+    }
+    let last = history.last().unwrap();
+    assert_eq!(
+        last.fields,
+        [
+            "location.lat",
+            "location.lon",
+            "notes",
+            "notes.0",
+            "people",
+            "people.0",
+            "title"
+        ]
+    );
+}

@@ -110,52 +110,46 @@ pub fn stored_doc(bytes: &[u8]) {
     let _ = rules::report_kind(&doc);
 }
 
-/// Bytes as one WebSocket frame from an automerge-repo peer: the CBOR message decoder, and behind
-/// it what the server does with a sync message (`ws::on_sync` and `answer`): the document id, the
-/// automerge sync message, the changes it carries (expanded and admitted as uploads to that
-/// report), then the change-free rest received into a sync state and answered, from a document
-/// the server has and from an empty one. A decoded message must survive its own encoding unchanged.
+/// Bytes as one WebSocket frame from an automerge-repo peer: the CBOR message decoder, then the
+/// server's peer state machine (the one `desa-server` runs) taking it in on a joined connection to
+/// a server holding one village profile — as it came, and, when it is a sync message, once more
+/// about that profile, so that its changes are judged and its sync message answered from a
+/// document with history. A decoded message must survive its own encoding unchanged.
 pub fn ws_message(bytes: &[u8]) {
-    use crate::protocol::repo::{changes_of, RepoMessage};
-    let Ok(message) = RepoMessage::decode(bytes) else {
-        return;
-    };
-    assert_eq!(
-        RepoMessage::decode(&message.encode()).as_ref(),
-        Ok(&message),
-        "a decoded message does not survive its own encoding"
-    );
-    let (RepoMessage::Sync {
-        document_id, data, ..
+    use crate::protocol::repo::{PeerMetadata, RepoMessage};
+    use crate::protocol::server::peer::{Identity, Input, Peer};
+    let decoded = RepoMessage::decode(bytes);
+    if let Ok(message) = &decoded {
+        assert_eq!(
+            RepoMessage::decode(&message.encode()).as_ref(),
+            Ok(message),
+            "a decoded message does not survive its own encoding"
+        );
     }
-    | RepoMessage::Request {
-        document_id, data, ..
-    }) = &message
-    else {
-        return;
+    let Some(v) = village() else { return };
+    let server = MemoryServer::with_village_profiles(&[v]);
+    let identity = std::sync::Arc::new(Identity {
+        peer_id: "server".into(),
+        storage_id: "storage".into(),
+    });
+    let device = DeviceId::from_bytes([1; 16]);
+    let mut peer = Peer::new(1, server.principal(device), identity);
+    let join = RepoMessage::Join {
+        sender_id: "fuzz".into(),
+        supported_protocol_versions: vec!["1".into()],
+        metadata: PeerMetadata::default(),
     };
-    // The server stops at an id that does not parse; going on with a fixed one keeps the rest
-    // within the fuzzer's reach.
-    let report = document_id
-        .parse::<ReportId>()
-        .unwrap_or(ReportId::from_random([9; 16]));
-    let Ok(mut sync) = crate::guard::sync_message(data) else {
-        return;
-    };
-    if let Ok(changes) = changes_of(&sync, &Automerge::new()).map(|u| u.changes) {
-        if !changes.is_empty() {
-            admit_uploaded(&mut Automerge::new(), report, changes);
-        }
-    }
-    sync.changes = Vec::<Vec<u8>>::new().into();
-    let mut docs = vec![Automerge::new()];
-    docs.extend(village_profile().map(|(_, doc)| doc));
-    for mut doc in docs {
-        let mut state = automerge::sync::State::new();
-        if crate::guard::receive_sync_message(&mut doc, &mut state, sync.clone()).is_ok() {
-            let _ = crate::guard::generate_sync_message(&doc, &mut state)
-                .map(|m| m.map(|m| m.encode()));
-        }
+    let _ = peer.handle(&server, Input::Frame(join.encode()), 1);
+    let _ = peer.handle(&server, Input::Frame(bytes.to_vec()), 2);
+    let profile = ReportId::village_profile(v).to_string();
+    if let Ok(RepoMessage::Sync { data, .. } | RepoMessage::Request { data, .. }) = decoded {
+        let about_profile = RepoMessage::Sync {
+            sender_id: "fuzz".into(),
+            target_id: "server".into(),
+            document_id: profile,
+            data,
+        };
+        let _ = peer.handle(&server, Input::Frame(about_profile.encode()), 3);
     }
 }
 

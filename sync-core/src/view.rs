@@ -167,45 +167,66 @@ fn walk<R: ReadDoc>(
 }
 
 /// The fields (and list items) that `changes` write in `doc` (which contains them), as dotted paths
-/// cut after the item (`title`, `people`, `people.0`, `location.lat`), sorted. For the audit trail:
-/// it reads the changes' operations and looks up where each touched object sits, instead of
-/// diffing document states.
+/// cut after the item (`title`, `people`, `people.0`, `location.lat`), sorted. The one answer to
+/// "which fields did this change touch", for the audit trail and a report's history alike: it
+/// reads the changes' operations and looks up where each touched object sits in `doc` (an item
+/// since deleted is named by its list only).
 pub fn fields_written(doc: &automerge::Automerge, changes: &[automerge::Change]) -> Vec<String> {
-    use automerge::legacy::{Key, ObjectId};
-    let mut places: std::collections::HashMap<String, Option<Vec<String>>> =
-        std::collections::HashMap::new();
-    let mut fields = std::collections::BTreeSet::new();
-    for change in changes {
-        // Admitted changes have been expanded before; contained anyway (see `guard`).
-        let Ok(expanded) = crate::guard::expand(change) else {
-            continue;
-        };
-        for op in &expanded.operations {
-            let mut path: Vec<String> = match &op.obj {
-                ObjectId::Root => Vec::new(),
-                ObjectId::Id(id) => {
-                    let id = id.to_string();
-                    let place = places
-                        .entry(id)
-                        .or_insert_with_key(|id| place_of(doc, id))
-                        .clone();
-                    match place {
-                        Some(path) => path,
-                        // An object made and replaced within the batch: nothing of it is left.
-                        None => continue,
-                    }
-                }
-            };
-            if let Key::Map(key) = &op.key {
-                path.push(key.to_string());
-            }
-            path.truncate(2);
-            if !path.is_empty() {
-                fields.insert(path.join("."));
-            }
+    FieldsWritten::new(doc).of(changes)
+}
+
+/// [`fields_written`] for many changes of one document (a history), looking each object up once.
+pub struct FieldsWritten<'a> {
+    doc: &'a automerge::Automerge,
+    places: std::collections::HashMap<String, Option<Vec<String>>>,
+}
+
+impl<'a> FieldsWritten<'a> {
+    /// For changes of `doc`.
+    pub fn new(doc: &'a automerge::Automerge) -> Self {
+        FieldsWritten {
+            doc,
+            places: std::collections::HashMap::new(),
         }
     }
-    fields.into_iter().collect()
+
+    /// The fields `changes` write, as [`fields_written`].
+    pub fn of(&mut self, changes: &[automerge::Change]) -> Vec<String> {
+        use automerge::legacy::{Key, ObjectId};
+        let mut fields = std::collections::BTreeSet::new();
+        for change in changes {
+            // Admitted changes have been expanded before; contained anyway (see `guard`).
+            let Ok(expanded) = crate::guard::expand(change) else {
+                continue;
+            };
+            for op in &expanded.operations {
+                let mut path: Vec<String> = match &op.obj {
+                    ObjectId::Root => Vec::new(),
+                    ObjectId::Id(id) => {
+                        let doc = self.doc;
+                        let place = self
+                            .places
+                            .entry(id.to_string())
+                            .or_insert_with_key(|id| place_of(doc, id))
+                            .clone();
+                        match place {
+                            Some(path) => path,
+                            // An object made and replaced since: nothing of it is left.
+                            None => continue,
+                        }
+                    }
+                };
+                if let Key::Map(key) = &op.key {
+                    path.push(key.to_string());
+                }
+                path.truncate(2);
+                if !path.is_empty() {
+                    fields.insert(path.join("."));
+                }
+            }
+        }
+        fields.into_iter().collect()
+    }
 }
 
 /// Where the object printed as `id` (`counter@actor`) sits: its path from the root, cut after two

@@ -122,7 +122,10 @@ fn offline_report(device: DeviceId, title: &str, notes: usize) -> (ReportId, Aut
     let (mut report, _) = sample_incident(id, device, title).unwrap();
     for n in 0..notes {
         report
-            .edit(&[note(&format!("n{n}"), "seen at the harbour")], &volunteer(device))
+            .edit(
+                &[note(&format!("n{n}"), "seen at the harbour")],
+                &volunteer(device),
+            )
             .unwrap();
     }
     (id, report.into_doc())
@@ -147,7 +150,10 @@ fn join_is_answered_and_an_unknown_protocol_version_closes() {
     // Nothing before join.
     let mut early = Peer::new(3, server.principal(phone(1)), identity());
     let (id, doc) = offline_report(phone(1), "early", 0);
-    let message = doc.clone().generate_sync_message(&mut State::new()).unwrap();
+    let message = doc
+        .clone()
+        .generate_sync_message(&mut State::new())
+        .unwrap();
     let effects = send(&mut early, &server, sync_message(&id.to_string(), &message));
     assert_eq!(errors(&effects), vec!["send join first".to_owned()]);
 }
@@ -157,7 +163,13 @@ fn a_report_made_offline_syncs_change_by_change_and_is_audited() {
     let server = MemoryServer::new();
     let mut peer = joined(&server, 1, phone(1));
     let (id, mut doc) = offline_report(phone(1), "recruiter at the pier", 3);
-    let effects = converse(&mut peer, &server, &mut doc, &mut State::new(), &id.to_string());
+    let effects = converse(
+        &mut peer,
+        &server,
+        &mut doc,
+        &mut State::new(),
+        &id.to_string(),
+    );
     assert!(errors(&effects).is_empty(), "{effects:?}");
     let stored = server.report(&id).expect("the server has the report");
     assert_eq!(stored.doc.get_heads(), doc.get_heads());
@@ -253,7 +265,9 @@ fn a_missing_document_is_unavailable_then_pushed_when_it_appears() {
     assert_eq!(offers.len(), 1, "{effects:?}");
     // The waiting client takes it from there.
     let mut state = State::new();
-    empty.receive_sync_message(&mut state, offers[0].clone()).unwrap();
+    empty
+        .receive_sync_message(&mut state, offers[0].clone())
+        .unwrap();
     converse(&mut waiting, &server, &mut empty, &mut state, &doc_id);
     assert_eq!(empty.get_heads(), doc.get_heads());
 }
@@ -263,7 +277,13 @@ fn another_villages_document_is_exactly_a_missing_one() {
     let server = MemoryServer::new();
     let mut author = joined(&server, 1, phone(1));
     let (id, mut doc) = offline_report(phone(1), "in the first village", 0);
-    converse(&mut author, &server, &mut doc, &mut State::new(), &id.to_string());
+    converse(
+        &mut author,
+        &server,
+        &mut doc,
+        &mut State::new(),
+        &id.to_string(),
+    );
     assert!(server.report(&id).is_some());
     // A volunteer of another village asks for it, and for an id nobody has.
     let elsewhere = VillageCode::parse("6302010002").unwrap();
@@ -299,7 +319,13 @@ fn another_villages_document_is_exactly_a_missing_one() {
     let (_, mut forged) = offline_report(phone(3), "forged", 1);
     forged.merge(&mut doc.clone()).unwrap();
     let mut peer = joined_as(&server, 3, outsider);
-    let effects = converse(&mut peer, &server, &mut forged, &mut State::new(), &id.to_string());
+    let effects = converse(
+        &mut peer,
+        &server,
+        &mut forged,
+        &mut State::new(),
+        &id.to_string(),
+    );
     assert!(!errors(&effects).is_empty());
     assert!(errors(&effects)
         .iter()
@@ -336,7 +362,9 @@ fn ephemeral_messages_reach_other_peers_with_the_document_open_once() {
         matches!(&to_b[..], [Effect::Send(RepoMessage::Ephemeral { count: 1, document_id, .. })] if *document_id == doc_id),
         "{to_b:?}"
     );
-    assert!(a.handle(&server, Input::Relayed(relayed.clone()), 0).is_empty());
+    assert!(a
+        .handle(&server, Input::Relayed(relayed.clone()), 0)
+        .is_empty());
     assert!(c.handle(&server, Input::Relayed(relayed), 0).is_empty());
     // The same count again is a duplicate.
     assert!(send(&mut a, &server, cursor(1)).is_empty());
@@ -348,7 +376,13 @@ fn leave_or_a_revoked_device_closes_and_sync_states_are_handed_over() {
     let server = MemoryServer::new();
     let mut peer = joined(&server, 1, phone(1));
     let (id, mut doc) = offline_report(phone(1), "kept", 0);
-    converse(&mut peer, &server, &mut doc, &mut State::new(), &id.to_string());
+    converse(
+        &mut peer,
+        &server,
+        &mut doc,
+        &mut State::new(),
+        &id.to_string(),
+    );
     let (storage, states) = peer.sync_states().expect("a peer with a storage id");
     assert!(storage.ends_with("/phone-storage"));
     assert_eq!(states.len(), 1);
@@ -364,12 +398,17 @@ fn leave_or_a_revoked_device_closes_and_sync_states_are_handed_over() {
     );
     let mut other = joined(&server, 2, phone(2));
     let effects = other.handle(&server, Input::Access(None), 0);
-    assert_eq!(errors(&effects), vec!["this device has been revoked".to_owned()]);
+    assert_eq!(
+        errors(&effects),
+        vec!["this device has been revoked".to_owned()]
+    );
     assert_eq!(effects.last(), Some(&Effect::Close));
     // Unchanged access goes on; changed access closes (the device reconnects with the new one).
     let mut third = joined(&server, 3, phone(3));
     let same = server.principal(phone(3));
-    assert!(third.handle(&server, Input::Access(Some(same.clone())), 0).is_empty());
+    assert!(third
+        .handle(&server, Input::Access(Some(same.clone())), 0)
+        .is_empty());
     let fewer = Arc::new(Principal {
         access: Access::in_villages(Role::Volunteer, [village()]),
         ..(*same).clone()

@@ -158,8 +158,8 @@ impl FailedAuth {
                         reasons: t.reasons,
                         devices: t.devices.into_iter().collect(),
                         paths: t.paths.into_iter().collect(),
-                        first: crate::view::rfc3339_ms(t.first),
-                        last: crate::view::rfc3339_ms(t.last),
+                        first: sync_core::audit::rfc3339_ms(t.first),
+                        last: sync_core::audit::rfc3339_ms(t.last),
                     },
                 )
             })

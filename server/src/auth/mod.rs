@@ -33,37 +33,7 @@ pub type Limiter = crate::limit::RateLimiter<DeviceId>;
 /// rules judge every change with the principal that uploaded it).
 pub use sync_core::Principal;
 
-/// Why a request is not authenticated.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AuthFailure {
-    /// No token at all.
-    #[error("missing token")]
-    Missing,
-    /// Something that is not a desa token.
-    #[error("malformed token")]
-    Malformed,
-    /// A token naming a device the server does not know.
-    #[error("unknown device")]
-    UnknownDevice(DeviceId),
-    /// A known device, but the secret does not match.
-    #[error("wrong secret")]
-    WrongSecret(DeviceId),
-    /// A revoked device.
-    #[error("revoked device")]
-    Revoked(DeviceId),
-}
-
-impl AuthFailure {
-    /// The device the token named, if it parsed.
-    pub fn device(&self) -> Option<DeviceId> {
-        match self {
-            AuthFailure::Missing | AuthFailure::Malformed => None,
-            AuthFailure::UnknownDevice(d)
-            | AuthFailure::WrongSecret(d)
-            | AuthFailure::Revoked(d) => Some(*d),
-        }
-    }
-}
+pub use crate::error::AuthFailure;
 
 /// The token of a request: the bearer header, or for the WebSocket upgrade only, `?token=`.
 fn token_of(req: &HttpRequest) -> Option<String> {

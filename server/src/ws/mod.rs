@@ -47,7 +47,7 @@ pub async fn route(
     let engine = app_data::<Engine>(&req)?;
     let hub = app_data::<Hub>(&req)?;
     let directory = app_data::<Directory>(&req)?;
-    let limits = app_data::<crate::routes::Limits>(&req)?;
+    let limits = app_data::<crate::limit::Limits>(&req)?;
     let limiter = app_data::<Limiter>(&req)?;
     if !caller.access.may_write() {
         return Err(ApiError::Forbidden(format!(

@@ -1,125 +1,26 @@
-//! HTTP handlers: parse, call the engine off the executor (`web::block`), answer.
+//! The coordinators' reports: list, export, read one, decide on one (`PATCH`); the villages with
+//! their report counts; the report schemas. Reads are audited before they are answered; analysts
+//! get redacted documents.
 
 use std::collections::BTreeMap;
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 use sync_core::{DistrictCode, Edit, FieldPath, ReportKind, Role, VillageCode};
 
-use crate::audit::{Action, AuditEvent, Who};
+use super::{audit, bad, page_limit, require_reader, LIST_MAX};
+use crate::audit::Action;
 use crate::auth::{Caller, Principal};
 use crate::engine::Engine;
 use crate::error::ApiError;
 use crate::store::{ReportQuery, ReportRow, Store};
-use crate::view::{parse_id, rfc3339_ms, ReportItem, ReportView};
-
-/// Request limits.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Largest accepted body, bytes.
-    pub max_body: usize,
-    /// Largest accepted WebSocket message, bytes.
-    pub max_message: usize,
-}
-
-/// Reports per page of `GET /api/v1/reports`: default and maximum.
-const LIST_DEFAULT: usize = 100;
-const LIST_MAX: usize = 500;
-
-/// Register every route.
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz))
-        .route("/api/v1/sync", web::post().to(sync))
-        .route("/api/v1/reports", web::get().to(list_reports))
-        .route("/api/v1/reports/{id}", web::get().to(get_report))
-        .route("/api/v1/reports/{id}", web::patch().to(patch_report))
-        .route("/api/v1/export", web::get().to(export))
-        .route("/api/v1/villages", web::get().to(villages))
-        .route("/api/v1/schemas/{kind}", web::get().to(schema))
-        .route("/api/v1/audit", web::get().to(audit_log))
-        .route("/api/v1/me", web::get().to(me))
-        .route("/ws", web::get().to(crate::ws::route))
-        .default_service(web::to(no_route));
-}
-
-/// Every path without a route (a typo, a trailing slash, an id too long for any route) gets the
-/// API's JSON error, not an empty body.
-async fn no_route(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let path = sync_core::rules::clip(req.path().to_owned(), 80);
-    Err(ApiError::NotFound(format!(
-        "no such endpoint: {} {path}",
-        req.method()
-    )))
-}
-
-/// How long `/healthz` waits for the writer thread to answer.
-const HEALTH_PROBE: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// `GET /healthz`: 200 when the store answers and the writer thread takes work; 503 otherwise
-/// (a load balancer then stops sending writes here, and monitoring alerts).
-async fn healthz(engine: web::Data<Engine>) -> HttpResponse {
-    let engine = engine.into_inner();
-    let checked = web::block(move || {
-        let seq = engine
-            .store()
-            .last_seq()
-            .map_err(|e| format!("the store does not answer: {e}"))?;
-        engine
-            .probe(HEALTH_PROBE)
-            .map_err(|e| format!("ingestion cannot proceed: {e}"))?;
-        Ok::<u64, String>(seq)
-    })
-    .await;
-    match checked {
-        Ok(Ok(seq)) => HttpResponse::Ok().json(json!({"status": "ok", "seq": seq})),
-        Ok(Err(detail)) => unhealthy(detail),
-        Err(e) => unhealthy(format!("worker pool: {e}")),
-    }
-}
-
-fn unhealthy(detail: String) -> HttpResponse {
-    tracing::error!(%detail, "unhealthy");
-    HttpResponse::ServiceUnavailable().json(json!({"status": "unhealthy", "detail": detail}))
-}
-
-async fn sync(
-    caller: Caller,
-    engine: web::Data<Engine>,
-    limits: web::Data<Limits>,
-    req: HttpRequest,
-    payload: web::Payload,
-) -> Result<HttpResponse, ApiError> {
-    let limit = limits.max_body;
-    let declared = req
-        .headers()
-        .get(actix_web::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(ApiError::TooLarge { limit });
-    }
-    let body = payload
-        .to_bytes_limited(limit)
-        .await
-        .map_err(|_| ApiError::TooLarge { limit })?
-        .map_err(|e| ApiError::BadRequest(format!("reading body: {e}")))?;
-    let engine = engine.into_inner();
-    if !caller.access.may_write() {
-        return Err(ApiError::Forbidden(format!(
-            "the {} role does not sync reports",
-            caller.role()
-        )));
-    }
-    let answer = web::block(move || engine.sync(&body, &caller.0)).await??;
-    Ok(HttpResponse::Ok()
-        .content_type("application/octet-stream")
-        .body(answer))
-}
+use crate::view::{parse_id, ReportItem, ReportView};
+use sync_core::audit::rfc3339_ms;
 
 #[derive(Deserialize)]
-struct ListParams {
+pub(super) struct ListParams {
     village: Option<String>,
     district: Option<String>,
     kind: Option<String>,
@@ -127,20 +28,6 @@ struct ListParams {
     updated_since: Option<String>,
     cursor: Option<String>,
     limit: Option<usize>,
-}
-
-/// A page size from `limit`: 1 to 500, [`LIST_DEFAULT`] when absent. Anything else is a 400,
-/// not silently another page size.
-fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
-    match limit {
-        None => Ok(LIST_DEFAULT),
-        Some(n) if (1..=LIST_MAX).contains(&n) => Ok(n),
-        Some(n) => Err(bad(format!("limit must be 1 to {LIST_MAX}, not {n}"))),
-    }
-}
-
-fn bad(e: impl std::fmt::Display) -> ApiError {
-    ApiError::BadRequest(e.to_string())
 }
 
 /// Unix ms from an RFC 3339 time or a number of milliseconds.
@@ -165,29 +52,6 @@ fn parse_cursor(text: &str) -> Result<(u64, sync_core::ReportId), ApiError> {
         seq.parse().map_err(|_| bad("cursor: bad seq"))?,
         id.parse().map_err(bad)?,
     ))
-}
-
-/// Refuse callers who may not read report contents (admins).
-fn require_reader(caller: &Principal) -> Result<(), ApiError> {
-    if caller.access.may_read() {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden(format!(
-            "the {} role reads no report contents",
-            caller.role()
-        )))
-    }
-}
-
-/// Record a read in the audit trail before anything is answered.
-async fn audit(
-    engine: &std::sync::Arc<Engine>,
-    caller: &Principal,
-    action: Action,
-) -> Result<(), ApiError> {
-    let engine = engine.clone();
-    let event = AuditEvent::at(engine.now(), Who::from(caller), action);
-    Ok(web::block(move || engine.audit(vec![event])).await??)
 }
 
 /// A row's document as the caller may see it, and what was withheld (analysts).
@@ -259,7 +123,7 @@ fn scoped_query(
     Ok(rows)
 }
 
-async fn list_reports(
+pub(super) async fn list_reports(
     caller: Caller,
     engine: web::Data<Engine>,
     params: web::Query<ListParams>,
@@ -301,7 +165,7 @@ async fn list_reports(
 
 /// `GET /api/v1/export`: every report the caller may read that matches the filters of the list
 /// endpoint, as JSON lines (one report per line), redacted for analysts. Audited as an export.
-async fn export(
+pub(super) async fn export(
     caller: Caller,
     engine: web::Data<Engine>,
     params: web::Query<ListParams>,
@@ -364,7 +228,7 @@ impl ListParams {
     }
 }
 
-async fn get_report(
+pub(super) async fn get_report(
     caller: Caller,
     engine: web::Data<Engine>,
     path: web::Path<String>,
@@ -405,12 +269,12 @@ async fn get_report(
 /// `PATCH /api/v1/reports/{id}`: a coordinator's decision.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Patch {
+pub(super) struct Patch {
     status: Option<String>,
     note: Option<String>,
 }
 
-async fn patch_report(
+pub(super) async fn patch_report(
     caller: Caller,
     engine: web::Data<Engine>,
     path: web::Path<String>,
@@ -464,7 +328,10 @@ async fn patch_report(
     })))
 }
 
-async fn villages(caller: Caller, engine: web::Data<Engine>) -> Result<HttpResponse, ApiError> {
+pub(super) async fn villages(
+    caller: Caller,
+    engine: web::Data<Engine>,
+) -> Result<HttpResponse, ApiError> {
     let store = engine.store().clone();
     let counts = web::block(move || store.village_counts()).await??;
     let mut per_village: BTreeMap<VillageCode, BTreeMap<&'static str, u64>> = BTreeMap::new();
@@ -495,90 +362,14 @@ async fn villages(caller: Caller, engine: web::Data<Engine>) -> Result<HttpRespo
     Ok(HttpResponse::Ok().json(list))
 }
 
-async fn schema(_caller: Caller, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub(super) async fn schema(
+    _caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let kind: ReportKind = path
         .parse()
         .map_err(|e: sync_core::kind::UnknownKind| ApiError::NotFound(e.to_string()))?;
     Ok(HttpResponse::Ok()
         .content_type("application/schema+json")
         .body(sync_core::schema::schema_text(kind)))
-}
-
-/// `GET /api/v1/me`: who the token belongs to (lets a device check its token and learn its
-/// villages).
-async fn me(caller: Caller) -> HttpResponse {
-    HttpResponse::Ok().json(json!({
-        "user": caller.user,
-        "role": caller.role().as_str(),
-        "device": caller.device.to_string(),
-        "villages": caller.access.villages().map(|v| v.iter().map(ToString::to_string).collect::<Vec<_>>()),
-    }))
-}
-
-#[derive(Deserialize)]
-struct AuditParams {
-    after: Option<u64>,
-    limit: Option<usize>,
-}
-
-/// `GET /api/v1/audit?after=SEQ&limit=N`: the audit trail, for admins.
-async fn audit_log(
-    caller: Caller,
-    engine: web::Data<Engine>,
-    params: web::Query<AuditParams>,
-) -> Result<HttpResponse, ApiError> {
-    if caller.role() != Role::Admin {
-        return Err(ApiError::Forbidden(format!(
-            "only admins read the audit trail, not the {} role",
-            caller.role()
-        )));
-    }
-    let after = params.after.unwrap_or(0);
-    let limit = page_limit(params.limit)?;
-    let store = engine.store().clone();
-    let entries = web::block(move || store.audit_entries(after, limit)).await??;
-    let items = entries
-        .iter()
-        .map(|e| {
-            let record: serde_json::Value = serde_json::from_str(&e.record)
-                .unwrap_or_else(|_| serde_json::Value::String(e.record.clone()));
-            json!({"seq": e.seq, "record": record, "mac": crate::audit::hex(&e.mac)})
-        })
-        .collect::<Vec<_>>();
-    audit(
-        &engine.clone().into_inner(),
-        &caller,
-        Action::AuditRead { count: items.len() },
-    )
-    .await?;
-    Ok(HttpResponse::Ok().json(json!({
-        "items": items,
-        "next_after": entries.last().map(|e| e.seq),
-    })))
-}
-
-/// Turns a rejected JSON body into the API's error shape.
-pub fn json_error(err: actix_web::error::JsonPayloadError, req: &HttpRequest) -> actix_web::Error {
-    use actix_web::error::JsonPayloadError;
-    match err {
-        JsonPayloadError::Overflow { limit }
-        | JsonPayloadError::OverflowKnownLength { limit, .. } => {
-            ApiError::TooLarge { limit }.into()
-        }
-        JsonPayloadError::Payload(actix_web::error::PayloadError::Overflow) => ApiError::TooLarge {
-            limit: req
-                .app_data::<web::Data<Limits>>()
-                .map_or(0, |l| l.max_body),
-        }
-        .into(),
-        err => bad(format!("JSON body: {err}")).into(),
-    }
-}
-
-/// Turns a rejected query string into the API's error shape.
-pub fn query_error(
-    err: actix_web::error::QueryPayloadError,
-    _req: &HttpRequest,
-) -> actix_web::Error {
-    bad(format!("query: {err}")).into()
 }
