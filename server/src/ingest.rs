@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use sync_core::automerge::{ActorId, Change};
 use sync_core::protocol::server::writer::{self, Commits, Job, Lookup};
 use sync_core::protocol::server::{load_working, EngineError, Judged, Via, Working};
+use sync_core::schema::Schemas;
 use sync_core::store::Commit;
 use sync_core::{DeviceId, Principal, ReportId};
 
@@ -249,6 +250,10 @@ impl Lookup for Shared {
                 .map(|(actor, user)| (ActorId::from(actor), user)),
         );
         Ok(found)
+    }
+
+    fn schemas(&self) -> &Schemas {
+        Schemas::builtin()
     }
 
     fn held_usage(

@@ -30,6 +30,7 @@ fn admit_uploaded(doc: &mut Automerge, id: ReportId, changes: Vec<Change>) {
         actors: &Nobody,
         held: &mut budget,
         now: 0,
+        schemas: crate::schema::Schemas::builtin(),
     };
     let submissions = changes
         .into_iter()

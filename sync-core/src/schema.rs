@@ -3,6 +3,7 @@
 
 use std::sync::OnceLock;
 
+use automerge::ObjType;
 use serde_json::Value;
 
 use crate::ReportKind;
@@ -40,39 +41,198 @@ impl std::fmt::Display for SchemaViolation {
 /// Violations reported at most per validation: enough to act on, bounded for hostile documents.
 const MAX_VIOLATIONS: usize = 20;
 
-struct Compiled {
-    validators: Vec<(ReportKind, Result<jsonschema::Validator, String>)>,
+/// One kind's schema in one version.
+struct KindSchema {
+    kind: ReportKind,
+    validator: Result<jsonschema::Validator, String>,
+    /// The root properties it knows.
+    properties: Vec<String>,
 }
 
-fn compiled() -> &'static Compiled {
-    static COMPILED: OnceLock<Compiled> = OnceLock::new();
-    COMPILED.get_or_init(|| Compiled {
-        validators: ReportKind::ALL
-            .into_iter()
-            .map(|kind| {
-                let validator = serde_json::from_str::<Value>(schema_text(kind))
-                    .map_err(|e| e.to_string())
-                    .and_then(|schema| {
-                        jsonschema::options()
-                            .should_validate_formats(true)
-                            .build(&schema)
-                            .map_err(|e| e.to_string())
-                    });
-                (kind, validator)
+/// One schema version: every kind's schema, and the containers it adds to the version before.
+struct Version {
+    number: u64,
+    kinds: Vec<KindSchema>,
+    added_containers: Vec<(ReportKind, String, ObjType)>,
+}
+
+/// The report schemas a device or server knows, by `schema_version` (see `docs/architecture.md`,
+/// Schema versions). Versions only ever add: optional fields, and containers, which the server
+/// creates in existing reports (the writer's migration change). A document is validated against
+/// the schema of its own version; one of a version newer than this side knows is validated as its
+/// *projection* on the newest known version — its unknown root fields set aside — so an older
+/// device keeps editing the fields it knows, and the server, which knows the newer version, judges
+/// the whole.
+pub struct Schemas {
+    versions: Vec<Version>,
+}
+
+impl Schemas {
+    /// The schemas shipped in `schemas/` (version 1), compiled once.
+    pub fn builtin() -> &'static Schemas {
+        static BUILTIN: OnceLock<Schemas> = OnceLock::new();
+        BUILTIN.get_or_init(|| Schemas {
+            versions: vec![Version {
+                number: 1,
+                kinds: ReportKind::ALL
+                    .into_iter()
+                    .map(|kind| compile(kind, serde_json::from_str(schema_text(kind))))
+                    .collect(),
+                added_containers: Vec::new(),
+            }],
+        })
+    }
+
+    /// These schemas and the next version: its schema for every kind (each must accept every
+    /// document of the version before once its `schema_version` is raised), and the containers it
+    /// adds.
+    pub fn and_version(
+        &self,
+        schemas: Vec<(ReportKind, Value)>,
+        added_containers: Vec<(ReportKind, &str, ObjType)>,
+    ) -> Schemas {
+        let number = self.newest() + 1;
+        let mut versions: Vec<Version> = self
+            .versions
+            .iter()
+            .map(|v| Version {
+                number: v.number,
+                kinds: v
+                    .kinds
+                    .iter()
+                    .map(|k| KindSchema {
+                        kind: k.kind,
+                        validator: k.validator.as_ref().map(Clone::clone).map_err(Clone::clone),
+                        properties: k.properties.clone(),
+                    })
+                    .collect(),
+                added_containers: v.added_containers.clone(),
             })
-            .collect(),
-    })
+            .collect();
+        versions.push(Version {
+            number,
+            kinds: schemas
+                .into_iter()
+                .map(|(kind, schema)| compile(kind, Ok(schema)))
+                .collect(),
+            added_containers: added_containers
+                .into_iter()
+                .map(|(kind, name, t)| (kind, name.to_owned(), t))
+                .collect(),
+        });
+        Schemas { versions }
+    }
+
+    /// The newest version known.
+    pub fn newest(&self) -> u64 {
+        self.versions.last().map_or(1, |v| v.number)
+    }
+
+    /// Whether `version` is one of those known.
+    pub fn knows(&self, version: u64) -> bool {
+        self.versions.iter().any(|v| v.number == version)
+    }
+
+    /// The containers of `kind` in `version`: those it is created with, and those each version up
+    /// to `version` added.
+    pub fn containers(&self, kind: ReportKind, version: u64) -> Vec<(String, ObjType)> {
+        let mut all: Vec<(String, ObjType)> = kind
+            .containers()
+            .iter()
+            .map(|(name, t)| ((*name).to_owned(), *t))
+            .collect();
+        for v in self.versions.iter().filter(|v| v.number <= version) {
+            all.extend(
+                v.added_containers
+                    .iter()
+                    .filter(|(k, _, _)| *k == kind)
+                    .map(|(_, name, t)| (name.clone(), *t)),
+            );
+        }
+        all
+    }
+
+    /// The container type of a root field of `kind` in any known version.
+    pub fn container(&self, kind: ReportKind, field: &str) -> Option<ObjType> {
+        self.containers(kind, self.newest())
+            .into_iter()
+            .find(|(name, _)| name == field)
+            .map(|(_, t)| t)
+    }
+
+    /// Validate a materialized document against the schema of its version (a newer one: its
+    /// projection on the newest known).
+    pub fn validate(&self, kind: ReportKind, doc: &Value) -> Result<(), Vec<SchemaViolation>> {
+        let violation = |message: String| {
+            vec![SchemaViolation {
+                path: "/schema_version".into(),
+                message,
+            }]
+        };
+        let Some(version) = doc.get("schema_version").and_then(Value::as_u64) else {
+            return Err(violation("schema_version is missing".into()));
+        };
+        let newest = self.newest();
+        if version > newest {
+            let schema = self.kind_schema(kind, newest)?;
+            let mut projection = doc.clone();
+            if let Some(fields) = projection.as_object_mut() {
+                fields.retain(|name, _| schema.properties.iter().any(|p| p == name));
+                fields.insert("schema_version".into(), newest.into());
+            }
+            return check(schema, &projection);
+        }
+        if !self.knows(version) {
+            return Err(violation(format!(
+                "schema_version {version} does not exist"
+            )));
+        }
+        check(self.kind_schema(kind, version)?, doc)
+    }
+
+    fn kind_schema(
+        &self,
+        kind: ReportKind,
+        version: u64,
+    ) -> Result<&KindSchema, Vec<SchemaViolation>> {
+        self.versions
+            .iter()
+            .find(|v| v.number == version)
+            .and_then(|v| v.kinds.iter().find(|k| k.kind == kind))
+            .ok_or_else(|| {
+                vec![SchemaViolation {
+                    path: String::new(),
+                    message: format!("no schema for kind {kind} in version {version}"),
+                }]
+            })
+    }
 }
 
-/// Validate a materialized document against its kind's schema.
-pub fn validate(kind: ReportKind, doc: &Value) -> Result<(), Vec<SchemaViolation>> {
-    let Some((_, validator)) = compiled().validators.iter().find(|(k, _)| *k == kind) else {
-        return Err(vec![SchemaViolation {
-            path: String::new(),
-            message: format!("no schema for kind {kind}"),
-        }]);
-    };
-    let validator = validator.as_ref().map_err(|e| {
+fn compile(kind: ReportKind, schema: Result<Value, serde_json::Error>) -> KindSchema {
+    let schema = schema.map_err(|e| e.to_string());
+    let properties = schema
+        .as_ref()
+        .ok()
+        .and_then(|s| s.get("properties"))
+        .and_then(Value::as_object)
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default();
+    let validator = schema.and_then(|schema| {
+        jsonschema::options()
+            .should_validate_formats(true)
+            .build(&schema)
+            .map_err(|e| e.to_string())
+    });
+    KindSchema {
+        kind,
+        validator,
+        properties,
+    }
+}
+
+fn check(schema: &KindSchema, doc: &Value) -> Result<(), Vec<SchemaViolation>> {
+    let kind = schema.kind;
+    let validator = schema.validator.as_ref().map_err(|e| {
         vec![SchemaViolation {
             path: String::new(),
             message: format!("schema for {kind} does not compile: {e}"),
@@ -97,6 +257,11 @@ pub fn validate(kind: ReportKind, doc: &Value) -> Result<(), Vec<SchemaViolation
     }
 }
 
+/// Validate a materialized document against the shipped schemas ([`Schemas::builtin`]).
+pub fn validate(kind: ReportKind, doc: &Value) -> Result<(), Vec<SchemaViolation>> {
+    Schemas::builtin().validate(kind, doc)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,8 +278,14 @@ mod tests {
 
     #[test]
     fn every_schema_compiles() {
-        for (kind, v) in &compiled().validators {
-            assert!(v.is_ok(), "{kind}: {v:?}", v = v.as_ref().err());
+        for k in &Schemas::builtin().versions[0].kinds {
+            assert!(
+                k.validator.is_ok(),
+                "{}: {:?}",
+                k.kind,
+                k.validator.as_ref().err()
+            );
+            assert!(k.properties.contains(&"schema_version".to_owned()));
         }
     }
 

@@ -18,6 +18,7 @@ use crate::protocol::server::writer::{self, Job};
 use crate::protocol::server::{self as steps, exchange, peer, EngineError, Judged, Via, Working};
 use crate::protocol::{Position, Scope, SyncRequest, SyncResponse, WireError};
 use crate::rules::{self, Access, Actors, HeldLimits, Principal, Role, Verdict};
+use crate::schema::Schemas;
 use crate::store::memory::MemoryStore;
 use crate::store::{AuditStore, Commit, DirectoryStore, FeedRow, ReportStore, StoredDoc};
 use crate::{
@@ -83,6 +84,8 @@ pub struct MemoryServer {
     pub page_limit: Option<usize>,
     person: Option<String>,
     limits: HeldLimits,
+    /// The schemas it judges with (`None`: the shipped ones).
+    schemas: Option<Arc<Schemas>>,
 }
 
 impl Default for MemoryServer {
@@ -97,6 +100,7 @@ impl Default for MemoryServer {
             page_limit: None,
             person: None,
             limits: HeldLimits::default(),
+            schemas: None,
         }
     }
 }
@@ -160,6 +164,15 @@ impl MemoryServer {
             .collect();
         let _ = server.write(Job::ingest(batches, principal, Via::Server));
         server
+    }
+
+    /// A server that judges with `schemas` (a newer version than the shipped ones, in tests of
+    /// schema evolution).
+    pub fn with_schemas(schemas: Schemas) -> Self {
+        MemoryServer {
+            schemas: Some(Arc::new(schemas)),
+            ..Self::default()
+        }
     }
 
     /// Every device that syncs is a device of one person, `user` (a shell standing in for one
@@ -311,6 +324,10 @@ impl writer::Lookup for MemoryServer {
             .into_iter()
             .map(|(actor, user)| (ActorId::from(actor), user))
             .collect())
+    }
+
+    fn schemas(&self) -> &Schemas {
+        self.schemas.as_deref().unwrap_or(Schemas::builtin())
     }
 
     fn held_usage(

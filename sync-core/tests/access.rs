@@ -77,6 +77,7 @@ impl Office {
             actors: &self.book,
             held: &mut self.budget,
             now: self.now,
+            schemas: sync_core::schema::Schemas::builtin(),
         };
         let admission = admit(doc, id, incoming, &mut judge);
         self.book.bind(&admission.bindings);

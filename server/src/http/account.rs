@@ -12,13 +12,15 @@ use crate::engine::Engine;
 use crate::error::ApiError;
 
 /// `GET /api/v1/me`: who the token belongs to (lets a device check its token and learn its
-/// villages).
+/// villages, and which versions of the sync exchange the server speaks).
 pub(super) async fn me(caller: Caller) -> HttpResponse {
     HttpResponse::Ok().json(json!({
         "user": caller.user,
         "role": caller.role().as_str(),
         "device": caller.device.to_string(),
         "villages": caller.access.villages().map(|v| v.iter().map(ToString::to_string).collect::<Vec<_>>()),
+        // The versions of the sync exchange this server speaks (`docs/protocol.md`, Versions).
+        "sync_versions": sync_core::protocol::wire::VERSIONS,
     }))
 }
 

@@ -10,6 +10,6 @@ pub mod server;
 pub mod wire;
 
 pub use wire::{
-    Bytes, Delta, FeedItem, PageMark, Position, Rebuild, Scope, ScopeFeed, ScopePosition,
-    SyncRequest, SyncResponse, Upload, WireError, WireVerdict,
+    Bytes, Delta, Envelope, Extension, FeedItem, PageMark, Position, Rebuild, Scope, ScopeFeed,
+    ScopePosition, SyncRequest, SyncResponse, Upload, WireError, WireVerdict,
 };

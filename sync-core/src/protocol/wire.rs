@@ -1,11 +1,19 @@
 //! The two messages of the device–server exchange and their byte encoding.
 //!
-//! Every body starts with a 4-byte header — `D` `S` (magic), the protocol version (1) and the
-//! message type (1 = request, 2 = response) — followed by the message in the
+//! Every body starts with a 4-byte header — `D` `S` (magic), the protocol version and the message
+//! type (1 = request, 2 = response) — followed by the message in the
 //! [postcard](https://postcard.jamesmunns.com/wire-format) encoding: unsigned integers as LEB128
 //! varints, sequences and byte strings as a varint length and their items, enums as a varint variant
 //! index then the variant's fields, `Option` as 0 or 1 then the value, fixed arrays (`[u8; 16]`) as
 //! their bytes with no length. `docs/protocol.md` gives each message field by field.
+//!
+//! **Versions.** A version's message shapes are frozen. Version 1 is the message alone. Version 2
+//! adds, after it, a list of [`Extension`]s: tagged additions that a peer which does not know a tag
+//! ignores — unless the tag is *critical* (odd), which it must refuse. A server speaks every
+//! version in [`VERSIONS`] and answers a request in the request's version, so a device keeps
+//! working unchanged whatever the server learns later; a device sends [`BASE_VERSION`], which
+//! every server speaks, until it learns what the server speaks (`GET /api/v1/me`,
+//! `sync_versions`). What needs a new version, and what an extension: `docs/protocol.md`.
 
 use serde::{Deserialize, Serialize};
 
@@ -14,8 +22,12 @@ use crate::{DeviceId, ReportId, VillageCode};
 
 /// Magic bytes that open every message.
 pub const MAGIC: [u8; 2] = *b"DS";
-/// The protocol version this crate speaks.
-pub const VERSION: u8 = 1;
+/// The protocol versions this crate speaks, oldest first.
+pub const VERSIONS: [u8; 2] = [1, 2];
+/// The newest version this crate speaks.
+pub const VERSION: u8 = 2;
+/// The version every server speaks: what a device sends until it knows better.
+pub const BASE_VERSION: u8 = 1;
 /// Header type byte of a [`SyncRequest`].
 pub const TYPE_REQUEST: u8 = 1;
 /// Header type byte of a [`SyncResponse`].
@@ -186,9 +198,15 @@ pub enum WireError {
     /// Wrong magic bytes.
     #[error("not a desa-sync message (bad magic)")]
     BadMagic,
-    /// A version this server does not speak.
-    #[error("unsupported protocol version {0} (this side speaks {VERSION})")]
+    /// A version this side does not speak.
+    #[error("unsupported protocol version {0} (this side speaks versions 1 to {VERSION})")]
     UnsupportedVersion(u8),
+    /// A critical extension this side does not know: it may not ignore it.
+    #[error("unknown critical extension {0} (this side speaks versions 1 to {VERSION})")]
+    UnknownCriticalExtension(u64),
+    /// Extensions in a version that has none (1).
+    #[error("extensions are not part of protocol version {0}")]
+    NoExtensions(u8),
     /// A request where a response was expected or the other way round.
     #[error("unexpected message type {0}")]
     WrongType(u8),
@@ -200,45 +218,116 @@ pub enum WireError {
     Trailing(usize),
 }
 
-fn encode<T: Serialize>(kind: u8, msg: &T) -> Vec<u8> {
-    let out = vec![MAGIC[0], MAGIC[1], VERSION, kind];
+/// A tagged addition to a message, from version 2 on. An even tag may be ignored by a peer that
+/// does not know it; an odd (critical) one may not: the message is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extension {
+    /// What it is (`docs/protocol.md` keeps the registry; none is defined yet).
+    pub tag: u64,
+    /// Its content, in the encoding its tag defines.
+    pub data: Bytes,
+}
+
+impl Extension {
+    /// Whether a peer that does not know the tag must refuse the message.
+    pub fn is_critical(&self) -> bool {
+        self.tag & 1 == 1
+    }
+}
+
+/// Extension tags this crate knows (and so may act on). None yet.
+const KNOWN_EXTENSIONS: [u64; 0] = [];
+
+/// A decoded message and its envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope<T> {
+    /// The version it was encoded in (answer in the same).
+    pub version: u8,
+    /// The message.
+    pub message: T,
+    /// The extensions it carried that this side knows; unknown ones (never critical) are left out.
+    pub extensions: Vec<Extension>,
+}
+
+fn encode<T: Serialize>(kind: u8, version: u8, msg: &T, extensions: &[Extension]) -> Vec<u8> {
+    let version = if VERSIONS.contains(&version) {
+        version
+    } else {
+        BASE_VERSION
+    };
+    let out = vec![MAGIC[0], MAGIC[1], version, kind];
     // Serializing these plain structs into a Vec cannot fail: postcard only fails on writer errors
     // (none for a Vec) and on types serde cannot express (none here).
-    match postcard::to_extend(msg, out) {
+    let out = match postcard::to_extend(msg, out) {
+        Ok(bytes) => bytes,
+        Err(e) => unreachable!("postcard cannot fail on an in-memory Vec: {e}"),
+    };
+    if version == 1 {
+        // Version 1 has no extensions: a peer that speaks only it never gets any.
+        return out;
+    }
+    match postcard::to_extend(extensions, out) {
         Ok(bytes) => bytes,
         Err(e) => unreachable!("postcard cannot fail on an in-memory Vec: {e}"),
     }
 }
 
-fn decode<'a, T: Deserialize<'a>>(kind: u8, bytes: &'a [u8]) -> Result<T, WireError> {
+fn decode<'a, T: Deserialize<'a>>(kind: u8, bytes: &'a [u8]) -> Result<Envelope<T>, WireError> {
     let [m0, m1, version, t, body @ ..] = bytes else {
         return Err(WireError::TooShort(bytes.len()));
     };
     if [*m0, *m1] != MAGIC {
         return Err(WireError::BadMagic);
     }
-    if *version != VERSION {
+    if !VERSIONS.contains(version) {
         return Err(WireError::UnsupportedVersion(*version));
     }
     if *t != kind {
         return Err(WireError::WrongType(*t));
     }
-    let (msg, rest) =
-        postcard::take_from_bytes(body).map_err(|e| WireError::Malformed(e.to_string()))?;
+    let malformed = |e: postcard::Error| WireError::Malformed(e.to_string());
+    let (message, mut rest) = postcard::take_from_bytes(body).map_err(malformed)?;
+    let mut extensions = Vec::new();
+    if *version >= 2 {
+        let (all, after): (Vec<Extension>, _) =
+            postcard::take_from_bytes(rest).map_err(malformed)?;
+        rest = after;
+        for extension in all {
+            if KNOWN_EXTENSIONS.contains(&extension.tag) {
+                extensions.push(extension);
+            } else if extension.is_critical() {
+                return Err(WireError::UnknownCriticalExtension(extension.tag));
+            }
+        }
+    }
     if !rest.is_empty() {
         return Err(WireError::Trailing(rest.len()));
     }
-    Ok(msg)
+    Ok(Envelope {
+        version: *version,
+        message,
+        extensions,
+    })
 }
 
 impl SyncRequest {
-    /// Encode with its header.
+    /// Encode with its header, in [`BASE_VERSION`] (every server speaks it).
     pub fn encode(&self) -> Vec<u8> {
-        encode(TYPE_REQUEST, self)
+        encode(TYPE_REQUEST, BASE_VERSION, self, &[])
     }
 
-    /// Decode untrusted bytes.
+    /// Encode in `version` (one of [`VERSIONS`]), with `extensions` from version 2 on.
+    pub fn encode_as(&self, version: u8, extensions: &[Extension]) -> Vec<u8> {
+        encode(TYPE_REQUEST, version, self, extensions)
+    }
+
+    /// Decode untrusted bytes, of any version this side speaks.
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        Self::open(bytes).map(|e| e.message)
+    }
+
+    /// Decode untrusted bytes, with their version and extensions.
+    pub fn open(bytes: &[u8]) -> Result<Envelope<Self>, WireError> {
         decode(TYPE_REQUEST, bytes)
     }
 
@@ -249,13 +338,23 @@ impl SyncRequest {
 }
 
 impl SyncResponse {
-    /// Encode with its header.
+    /// Encode with its header, in [`BASE_VERSION`].
     pub fn encode(&self) -> Vec<u8> {
-        encode(TYPE_RESPONSE, self)
+        encode(TYPE_RESPONSE, BASE_VERSION, self, &[])
     }
 
-    /// Decode untrusted bytes.
+    /// Encode in `version` (the request's), with `extensions` from version 2 on.
+    pub fn encode_as(&self, version: u8, extensions: &[Extension]) -> Vec<u8> {
+        encode(TYPE_RESPONSE, version, self, extensions)
+    }
+
+    /// Decode untrusted bytes, of any version this side speaks.
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        Self::open(bytes).map(|e| e.message)
+    }
+
+    /// Decode untrusted bytes, with their version and extensions.
+    pub fn open(bytes: &[u8]) -> Result<Envelope<Self>, WireError> {
         decode(TYPE_RESPONSE, bytes)
     }
 }
@@ -351,8 +450,12 @@ mod tests {
             Err(WireError::BadMagic)
         );
         assert_eq!(
-            SyncRequest::decode(b"DS\x02\x01\x00"),
-            Err(WireError::UnsupportedVersion(2))
+            SyncRequest::decode(b"DS\x03\x01\x00"),
+            Err(WireError::UnsupportedVersion(3))
+        );
+        assert_eq!(
+            SyncRequest::decode(b"DS\x00\x01\x00"),
+            Err(WireError::UnsupportedVersion(0))
         );
         assert_eq!(
             SyncRequest::decode(b"DS\x01\x02\x00"),
@@ -366,5 +469,20 @@ mod tests {
         .encode();
         ok.push(0);
         assert_eq!(SyncRequest::decode(&ok), Err(WireError::Trailing(1)));
+        // Version 2: the message, then its extensions (none: one byte, 0).
+        let empty = SyncRequest {
+            device: DeviceId::from_bytes([0; 16]),
+            positions: vec![],
+            uploads: vec![],
+        };
+        let mut v2 = empty.encode_as(2, &[]);
+        assert_eq!(v2[2], 2);
+        assert_eq!(v2.last(), Some(&0));
+        assert_eq!(SyncRequest::open(&v2).map(|e| e.version), Ok(2));
+        v2.pop();
+        assert!(matches!(
+            SyncRequest::decode(&v2),
+            Err(WireError::Malformed(_))
+        ));
     }
 }

@@ -34,7 +34,6 @@ use super::authorship::{judge_actor, judge_created_by, Actors, Authorship, Bindi
 use super::checks::{check_change, check_creation, Created};
 use super::held::HeldBudget;
 use super::{report_kind, report_village, Principal, Refusal, RefusalCode, Verdict};
-use crate::schema;
 use crate::{guard, ReportId, ReportKind};
 
 /// How a change reached admission.
@@ -85,6 +84,8 @@ pub struct Judge<'a> {
     pub held: &'a mut HeldBudget,
     /// The server clock (unix ms): when new held changes were received, and when old ones expire.
     pub now: i64,
+    /// The report schemas, by version.
+    pub schemas: &'a crate::schema::Schemas,
 }
 
 /// A formerly held change that left without being applied: refused now (its uploader lost access,
@@ -206,18 +207,19 @@ pub fn admit(
         let Some(s) = run.batch.get(hash).filter(|s| s.change.deps().is_empty()) else {
             continue;
         };
-        let outcome = check_creation(&s.change, id, s.by.role(), kind.is_some()).and_then(|c| {
-            if !s.by.access.covers(c.village) {
-                return Err(Refusal::new(
-                    RefusalCode::NotPermitted,
-                    format!("village {} is not one of your villages", c.village),
-                ));
-            }
-            let created_by = c.state.get("created_by").and_then(Value::as_str);
-            let actor = s.change.actor_id();
-            judge_created_by(created_by, actor, &s.by, s.made_by_server(), judge.actors)?;
-            Ok(c)
-        });
+        let outcome = check_creation(&s.change, id, s.by.role(), kind.is_some(), judge.schemas)
+            .and_then(|c| {
+                if !s.by.access.covers(c.village) {
+                    return Err(Refusal::new(
+                        RefusalCode::NotPermitted,
+                        format!("village {} is not one of your villages", c.village),
+                    ));
+                }
+                let created_by = c.state.get("created_by").and_then(Value::as_str);
+                let actor = s.change.actor_id();
+                judge_created_by(created_by, actor, &s.by, s.made_by_server(), judge.actors)?;
+                Ok(c)
+            });
         match outcome {
             Ok(c) => {
                 kind = Some(c.kind);
@@ -272,7 +274,7 @@ pub fn admit(
             Err(depends_on_refused(bad))
         } else {
             match kind {
-                Some(k) => check_change(&s.change, k, s.by.role()),
+                Some(k) => check_change(&s.change, k, s.by.role(), judge.schemas),
                 None => Err(Refusal::not_permitted()),
             }
         };
@@ -326,15 +328,21 @@ pub fn admit(
             let fast = guard::apply(doc, changes).is_ok();
             let state = fast.then(|| crate::view::materialize(doc));
             match state {
-                Some(state) if schema::validate(kind, &state).is_ok() => {
+                Some(state) if judge.schemas.validate(kind, &state).is_ok() => {
                     applied.extend(candidates.iter().filter_map(|h| run.batch.remove(h)));
                     Some(state)
                 }
                 _ => {
                     // Rare path: find the changes that break the merged state, one by one.
                     *doc = before;
-                    let (one_by_one, state) =
-                        admit_one_by_one(doc, kind, &candidates, &mut run, judge.held);
+                    let (one_by_one, state) = admit_one_by_one(
+                        doc,
+                        kind,
+                        &candidates,
+                        &mut run,
+                        judge.held,
+                        judge.schemas,
+                    );
                     applied.extend(one_by_one);
                     Some(state)
                 }
@@ -508,6 +516,7 @@ fn admit_one_by_one(
     candidates: &[ChangeHash],
     run: &mut Run,
     budget: &mut HeldBudget,
+    schemas: &crate::schema::Schemas,
 ) -> (Vec<Submission>, Value) {
     let mut applied = Vec::new();
     for hash in candidates {
@@ -524,7 +533,8 @@ fn admit_one_by_one(
         let outcome = guard::apply(&mut trial, vec![s.change.clone()])
             .map_err(|e| Refusal::new(RefusalCode::Undecodable, e.to_string()))
             .and_then(|()| {
-                schema::validate(kind, &crate::view::materialize(&trial))
+                schemas
+                    .validate(kind, &crate::view::materialize(&trial))
                     .map_err(|v| Refusal::schema(&v))
             });
         match outcome {

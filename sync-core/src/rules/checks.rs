@@ -7,8 +7,8 @@ use serde_json::Value;
 
 use super::{read_string, text, Refusal, RefusalCode, Role};
 use crate::guard;
-use crate::kind::{FIXED_FIELDS, INITIAL_STATUS, SCHEMA_VERSION, STATUS};
-use crate::schema;
+use crate::kind::{FIXED_FIELDS, INITIAL_STATUS, STATUS};
+use crate::schema::Schemas;
 use crate::{ReportId, ReportKind, VillageCode};
 
 /// A first change that passed: the document it makes and its state, reused by the merge so the
@@ -30,6 +30,7 @@ pub(super) fn check_creation(
     id: ReportId,
     role: Role,
     exists: bool,
+    schemas: &Schemas,
 ) -> Result<Created, Refusal> {
     if exists {
         return Err(Refusal::new(
@@ -75,15 +76,25 @@ pub(super) fn check_creation(
         }
     }
     let state = crate::view::materialize(&genesis);
-    if state.get("schema_version").and_then(Value::as_u64) != Some(SCHEMA_VERSION) {
-        return Err(bad(format!("schema_version must be {SCHEMA_VERSION}")));
+    // A report is created in a version this side knows: an older device's report is welcome (the
+    // writer migrates it), one of a version newer than the server is not.
+    match state.get("schema_version").and_then(Value::as_u64) {
+        Some(v) if schemas.knows(v) => {}
+        _ => {
+            return Err(bad(format!(
+                "schema_version must be one this side knows (1 to {})",
+                schemas.newest()
+            )))
+        }
     }
     if kind.has_status() && state.get(STATUS).and_then(Value::as_str) != Some(INITIAL_STATUS) {
         return Err(bad(format!(
             "a new {kind} starts with status \"{INITIAL_STATUS}\""
         )));
     }
-    schema::validate(kind, &state).map_err(|v| Refusal::schema(&v))?;
+    schemas
+        .validate(kind, &state)
+        .map_err(|v| Refusal::schema(&v))?;
     Ok(Created {
         kind,
         village,
@@ -92,8 +103,15 @@ pub(super) fn check_creation(
     })
 }
 
-/// Check a later change of a report of `kind`: fixed fields, containers, `status`, text.
-pub(super) fn check_change(change: &Change, kind: ReportKind, role: Role) -> Result<(), Refusal> {
+/// Check a later change of a report of `kind`: fixed fields, containers, `status`, text. The server
+/// alone raises `schema_version` and creates the containers a newer version adds (the writer's
+/// migration change).
+pub(super) fn check_change(
+    change: &Change,
+    kind: ReportKind,
+    role: Role,
+    schemas: &Schemas,
+) -> Result<(), Refusal> {
     // `decode` expands a change that `Change::from_bytes` already verified; automerge documents it
     // may panic only on inputs that verification rejects. Contained anyway: a change comes from
     // the network, and no input may take the process down.
@@ -105,13 +123,18 @@ pub(super) fn check_change(change: &Change, kind: ReportKind, role: Role) -> Res
             continue;
         };
         let key = key.as_str();
+        if role == Role::Server
+            && (key == "schema_version" || schemas.container(kind, key).is_some())
+        {
+            continue;
+        }
         if FIXED_FIELDS.contains(&key) {
             return Err(Refusal::new(
                 RefusalCode::FixedField,
                 format!("{key} is fixed when the report is created"),
             ));
         }
-        if kind.container(key).is_some() {
+        if schemas.container(kind, key).is_some() {
             return Err(Refusal::new(
                 RefusalCode::ContainerReplaced,
                 format!(
@@ -138,14 +161,19 @@ pub(crate) fn check_local(
     id: ReportId,
     role: Role,
 ) -> Result<(ReportKind, Value), Refusal> {
+    // A device judges with the schemas it was built with: a report of a newer version is judged
+    // on the fields it knows (`Schemas::validate`), the rest by the server.
+    let schemas = Schemas::builtin();
     let kind = match before_kind {
-        None => check_creation(change, id, role, false)?.kind,
+        None => check_creation(change, id, role, false, schemas)?.kind,
         Some(k) => {
-            check_change(change, k, role)?;
+            check_change(change, k, role, schemas)?;
             k
         }
     };
     let state = crate::view::materialize(after);
-    schema::validate(kind, &state).map_err(|v| Refusal::schema(&v))?;
+    schemas
+        .validate(kind, &state)
+        .map_err(|v| Refusal::schema(&v))?;
     Ok((kind, state))
 }

@@ -9,7 +9,7 @@ use automerge::{Change, ChangeHash};
 
 use super::{plan, rebuild_for, EngineError, FeedBuilder, Judged, Receipt, Working, PAGE_BYTES};
 use crate::audit::{Action, AuditEvent, Who};
-use crate::protocol::{Position, Scope, ScopeFeed, SyncRequest, SyncResponse};
+use crate::protocol::{Envelope, Position, Scope, ScopeFeed, SyncRequest, SyncResponse};
 use crate::rules::Verdict;
 use crate::store::{FeedRow, StoredDoc};
 use crate::{Principal, ReportId, VillageCode};
@@ -65,7 +65,13 @@ pub fn sync<E: Exchange + ?Sized>(
             access.role()
         )));
     }
-    let request = SyncRequest::decode(body)?;
+    // Answered in the request's version: a device keeps working unchanged whatever the server
+    // learns later.
+    let Envelope {
+        version,
+        message: request,
+        ..
+    } = SyncRequest::open(body)?;
     let plan = plan(&request)?;
     if let Some((_, village, _)) = plan.positions().iter().find(|(_, v, _)| !access.covers(*v)) {
         return Err(EngineError::Forbidden(format!(
@@ -123,7 +129,7 @@ pub fn sync<E: Exchange + ?Sized>(
         rebuilds,
         feeds,
     }
-    .encode();
+    .encode_as(version, &[]);
     Ok(Answer { body, read })
 }
 

@@ -29,6 +29,7 @@ use crate::audit::{Action, AuditEvent, Who};
 use crate::rules::{
     self, Actors, Admission, HeldBudget, HeldLimits, Judge, Origin, Submission, Verdict,
 };
+use crate::schema::Schemas;
 use crate::store::{
     ActorBinding, Commit, HeldRow, ReportWrite, StoredChange, Uploader, COMPACT_AFTER,
 };
@@ -47,6 +48,8 @@ pub trait Lookup {
     fn device_owner(&self, device: DeviceId) -> Option<String>;
     /// The people the given actors are bound to, for those that are bound.
     fn actor_owners(&self, actors: &[ActorId]) -> Result<HashMap<ActorId, String>, EngineError>;
+    /// The report schemas the server judges with.
+    fn schemas(&self) -> &Schemas;
     /// How many changes, and how many bytes, each device has held now.
     fn held_usage(
         &self,
@@ -355,6 +358,7 @@ fn admit_all<L: Lookup + ?Sized>(
                 actors: &actors,
                 held: &mut budget,
                 now,
+                schemas: lookup.schemas(),
             };
             let admission = rules::admit(&mut s.working.doc, *id, incoming, &mut judge);
             let ingest = Ingest {
@@ -392,10 +396,105 @@ fn admit_all<L: Lookup + ?Sized>(
             }
             let mine_judged = verdicts.into_iter().filter(|(h, _)| mine.contains(h));
             judged.entry(*id).or_default().extend(mine_judged);
+            migrate(
+                *id,
+                s,
+                &mut admitted.audit,
+                lookup.schemas(),
+                &mut budget,
+                &actors,
+                now,
+            );
         }
         admitted.answers.push((*index, Ok(judged)));
     }
     Ok(admitted)
+}
+
+/// Bring a report created (or written) in an older schema version up to the newest, in the same
+/// commit: the server's migration change ([`migration`]), admitted like any server write.
+fn migrate<L: Lookup + ?Sized>(
+    id: ReportId,
+    s: &mut Staged,
+    audit: &mut Vec<AuditEvent>,
+    schemas: &Schemas,
+    budget: &mut HeldBudget,
+    actors: &GroupActors<'_, L>,
+    now: i64,
+) {
+    let Some(change) = migration(&s.working.doc, schemas) else {
+        return;
+    };
+    let server = Arc::new(Principal::server());
+    let submission = Submission {
+        change,
+        by: server.clone(),
+        origin: Origin::Server,
+    };
+    let mut judge = Judge {
+        actors,
+        held: budget,
+        now,
+        schemas,
+    };
+    let admission = rules::admit(&mut s.working.doc, id, vec![submission], &mut judge);
+    if admission.applied.is_empty() {
+        return;
+    }
+    let changes: Vec<Change> = admission.applied.iter().map(|a| a.change.clone()).collect();
+    audit.push(AuditEvent::at(
+        now,
+        Who::from(&*server),
+        Action::Write {
+            report: id.to_string(),
+            changes: changes.iter().map(|c| c.hash().to_string()).collect(),
+            fields: crate::view::fields_written(&s.working.doc, &changes),
+            refused: Vec::new(),
+            held: Vec::new(),
+            via: "migration".into(),
+        },
+    ));
+    s.applied.extend(admission.applied);
+    s.state = admission.state;
+}
+
+/// The server's change that brings a report of an older schema version to the newest one: it
+/// raises `schema_version` and creates the containers the newer versions add — the server alone
+/// creates them, once, so that two devices can never create the same container concurrently and
+/// lose one side's contents. `None` when the report is new enough (or not a report).
+pub fn migration(doc: &automerge::Automerge, schemas: &Schemas) -> Option<Change> {
+    use automerge::transaction::{CommitOptions, Transactable};
+    use automerge::ReadDoc;
+    let kind = rules::report_kind(doc)?;
+    let version = match doc.get(automerge::ROOT, "schema_version").ok()?? {
+        (automerge::Value::Scalar(s), _) => match s.as_ref() {
+            automerge::ScalarValue::Int(n) => u64::try_from(*n).ok()?,
+            automerge::ScalarValue::Uint(n) => *n,
+            _ => return None,
+        },
+        _ => return None,
+    };
+    let newest = schemas.newest();
+    if version >= newest {
+        return None;
+    }
+    let mut trial = doc.clone();
+    trial.set_actor(crate::SERVER_DEVICE.actor(0));
+    let mut tx = trial.transaction();
+    tx.put(automerge::ROOT, "schema_version", newest as i64)
+        .ok()?;
+    for (name, kind_of) in schemas.containers(kind, newest) {
+        if tx.get(automerge::ROOT, name.as_str()).ok()?.is_none() {
+            tx.put_object(automerge::ROOT, name.as_str(), kind_of)
+                .ok()?;
+        }
+    }
+    tx.commit_with(
+        CommitOptions::default()
+            .with_time(0)
+            .with_message(format!("schema {newest}")),
+    );
+    trial.get_last_local_change()
 }
 
 /// A report's batch as submissions: its held changes first (each judged with its uploader's
