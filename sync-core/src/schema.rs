@@ -102,7 +102,7 @@ impl Schemas {
                     .iter()
                     .map(|k| KindSchema {
                         kind: k.kind,
-                        validator: k.validator.as_ref().map(Clone::clone).map_err(Clone::clone),
+                        validator: k.validator.clone(),
                         properties: k.properties.clone(),
                     })
                     .collect(),
