@@ -420,3 +420,101 @@ fn leave_or_a_revoked_device_closes_and_sync_states_are_handed_over() {
     assert_eq!(errors(&effects).len(), 1);
     assert!(!effects.contains(&Effect::Close));
 }
+
+/// An automerge-repo client whose advertised heads lag behind its document (two people typing
+/// into one narrative) answers every answer with the same message. The server answers it once:
+/// the same answer again would tell the client nothing, and the ping-pong would cost the field's
+/// bytes and, counted as a stalled sync, the connection.
+#[test]
+fn the_same_idle_message_again_is_not_answered_again() {
+    let server = MemoryServer::new();
+    let mut typist = joined(&server, 1, phone(1));
+    let (id, mut doc) = offline_report(phone(1), "two typists", 1);
+    let doc_id = id.to_string();
+    let mut state = State::new();
+    converse(&mut typist, &server, &mut doc, &mut state, &doc_id);
+    // The client's view as it was before the next edit reached it.
+    let lagging = doc.clone();
+    // The same person edits on another connection; the commit is pushed to the first.
+    let report = Report::from_doc(id, doc.clone()).unwrap();
+    let mut other_doc = report.into_doc();
+    let mut edited = Report::from_doc(id, other_doc.clone()).unwrap();
+    edited
+        .edit(&[note("n9", "a second boat")], &volunteer(phone(1)))
+        .unwrap();
+    other_doc = edited.into_doc();
+    let mut other = joined(&server, 2, phone(1));
+    converse(
+        &mut other,
+        &server,
+        &mut other_doc,
+        &mut State::new(),
+        &doc_id,
+    );
+    let committed = server.take_committed();
+    let pushed = typist.handle(&server, Input::Committed(Arc::new(committed)), server.now());
+    assert_eq!(syncs(&pushed, &doc_id)[0].changes.len(), 1, "{pushed:?}");
+    // The lagging message, sent again and again: answered once, then not at all.
+    let stale = lagging.generate_sync_message(&mut State::new()).unwrap();
+    let first = syncs(
+        &send(&mut typist, &server, sync_message(&doc_id, &stale)),
+        &doc_id,
+    );
+    assert_eq!(first.len(), 1);
+    assert!(first[0].changes.is_empty() && first[0].need.is_empty());
+    for _ in 0..100 {
+        let again = send(&mut typist, &server, sync_message(&doc_id, &stale));
+        assert!(again.is_empty(), "{again:?}");
+    }
+    // Anything new is answered as always: the client's next edit.
+    let mut state = State::new();
+    let mut next = Report::from_doc(id, other_doc.clone()).unwrap();
+    next.edit(&[note("n10", "the boat left")], &volunteer(phone(1)))
+        .unwrap();
+    let mut next_doc = next.into_doc();
+    let effects = converse(&mut typist, &server, &mut next_doc, &mut state, &doc_id);
+    assert!(errors(&effects).is_empty(), "{effects:?}");
+    assert_eq!(
+        server.report(&id).unwrap().doc.get_heads(),
+        next_doc.get_heads()
+    );
+}
+
+/// A sync that asks in vain — the client advertises a change it believes it sent, which the
+/// server never got and automerge does not resend on the same connection — is closed after
+/// [`MAX_STALLED_ANSWERS`] answers, so that the client reconnects with a fresh state.
+#[test]
+fn a_sync_that_asks_in_vain_is_closed() {
+    use sync_core::protocol::server::peer::MAX_STALLED_ANSWERS;
+    let server = MemoryServer::new();
+    let mut peer = joined(&server, 1, phone(1));
+    let (id, mut doc) = offline_report(phone(1), "lost change", 1);
+    let doc_id = id.to_string();
+    converse(&mut peer, &server, &mut doc, &mut State::new(), &doc_id);
+    let mut report = Report::from_doc(id, doc).unwrap();
+    report
+        .edit(&[note("n5", "never arrives")], &volunteer(phone(1)))
+        .unwrap();
+    let doc = report.into_doc();
+    // Its heads, none of its changes.
+    let claim = doc.generate_sync_message(&mut State::new()).unwrap();
+    assert!(claim.changes.is_empty());
+    let mut answers = 0;
+    for _ in 0..=MAX_STALLED_ANSWERS + 1 {
+        let effects = send(&mut peer, &server, sync_message(&doc_id, &claim));
+        for answer in syncs(&effects, &doc_id) {
+            assert_eq!(answer.need, doc.get_heads(), "the server asks for it");
+            answers += 1;
+        }
+        if effects.iter().any(|e| matches!(e, Effect::Close)) {
+            let said = errors(&effects);
+            assert!(
+                said.iter().any(|e| e.contains("not converging")),
+                "{said:?}"
+            );
+            assert!(answers >= MAX_STALLED_ANSWERS as usize, "{answers} answers");
+            return;
+        }
+    }
+    panic!("a stalled sync was never closed ({answers} answers)");
+}

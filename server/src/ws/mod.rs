@@ -170,12 +170,18 @@ struct Connection {
     id: u64,
 }
 
-/// The peer went away, a frame could not be sent, or the state machine said to close.
-struct Gone;
+/// Why a connection ends: the peer went away, a frame could not be sent, or the server closed
+/// it (the state machine said to, the peer broke the framing, or it went silent).
+enum Gone {
+    /// The peer closed the connection or the socket failed: nothing to tell an operator.
+    Peer,
+    /// The server closed it, for this reason.
+    Closed(String),
+}
 
 impl From<actix_ws::Closed> for Gone {
     fn from(_: actix_ws::Closed) -> Self {
-        Gone
+        Gone::Peer
     }
 }
 
@@ -201,7 +207,7 @@ impl Connection {
                         let access = self.directory.principal_of(self.device);
                         self.step(&mut session, Input::Access(access)).await
                     }
-                    Err(_) => Err(Gone),
+                    Err(_) => Err(Gone::Closed("the server is shutting down".into())),
                 },
                 _ = ping.tick() => {
                     if last_heard.elapsed() > limits.idle {
@@ -210,7 +216,7 @@ impl Connection {
                             code: actix_ws::CloseCode::Away,
                             description: Some("idle: no answer to pings".into()),
                         });
-                        Err(Gone)
+                        Err(Gone::Closed("idle: no answer to pings".into()))
                     } else {
                         session.ping(b"").await.map_err(Gone::from)
                     }
@@ -230,7 +236,7 @@ impl Connection {
                     Some(Ok(AggregatedMessage::Text(_))) => {
                         let error = RepoMessage::Error { message: "binary frames only".into() };
                         let _ = session.binary(error.encode()).await;
-                        Err(Gone)
+                        Err(Gone::Closed("a text frame (binary frames only)".into()))
                     }
                     Some(Ok(AggregatedMessage::Pong(_))) => {
                         last_heard = tokio::time::Instant::now();
@@ -238,25 +244,37 @@ impl Connection {
                     }
                     Some(Err(e)) => {
                         close = crate::limit::ws_close_reason(&e, max_message);
-                        Err(Gone)
+                        Err(Gone::Closed(format!("a framing error: {e}")))
                     }
-                    Some(Ok(AggregatedMessage::Close(_))) | None => Err(Gone),
+                    Some(Ok(AggregatedMessage::Close(_))) | None => Err(Gone::Peer),
                 },
                 note = committed.recv() => match note {
                     Ok(ids) => self.step(&mut session, Input::Committed(ids)).await,
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         self.step(&mut session, Input::Lagged).await
                     }
-                    Err(broadcast::error::RecvError::Closed) => Err(Gone),
+                    Err(broadcast::error::RecvError::Closed) => {
+                        Err(Gone::Closed("the server is shutting down".into()))
+                    }
                 },
                 relayed = relay.recv() => match relayed {
                     Ok(r) => self.step(&mut session, Input::Relayed(r)).await,
                     Err(broadcast::error::RecvError::Lagged(_)) => Ok(()),
-                    Err(broadcast::error::RecvError::Closed) => Err(Gone),
+                    Err(broadcast::error::RecvError::Closed) => {
+                        Err(Gone::Closed("the server is shutting down".into()))
+                    }
                 },
             };
-            if step.is_err() {
-                break;
+            match step {
+                Ok(()) => {}
+                Err(Gone::Peer) => {
+                    tracing::debug!(connection = self.id, "ws connection closed by the peer");
+                    break;
+                }
+                Err(Gone::Closed(why)) => {
+                    tracing::info!(connection = self.id, %why, "ws connection closed by the server");
+                    break;
+                }
             }
         }
         self.save_sync_states().await;
@@ -266,7 +284,10 @@ impl Connection {
     /// Feed the state machine one input and do what it says. Inputs that touch documents or the
     /// store run off the executor; relays and access changes are answered in place.
     async fn step(&mut self, session: &mut Session, input: Input) -> Result<(), Gone> {
-        let mut peer = self.peer.take().ok_or(Gone)?;
+        let mut peer = self
+            .peer
+            .take()
+            .ok_or_else(|| Gone::Closed("the state machine was lost".into()))?;
         let now = self.context.engine.now();
         let effects = match input {
             Input::Relayed(_) | Input::Access(_) => peer.handle(&*self.context, input, now),
@@ -284,18 +305,21 @@ impl Connection {
                     }
                     Err(e) => {
                         tracing::error!(connection = self.id, error = %e, "the WebSocket state machine failed; closing");
-                        return Err(Gone);
+                        return Err(Gone::Closed("the state machine failed".into()));
                     }
                 }
             }
         };
         self.peer = Some(peer);
+        // The last error said to the peer: when the protocol closes, it is the reason.
+        let mut said = None;
         for effect in effects {
             match effect {
                 Effect::Send(message) => {
                     match &message {
                         RepoMessage::Error { message } => {
-                            tracing::debug!(connection = self.id, %message, "ws error sent")
+                            tracing::debug!(connection = self.id, %message, "ws error sent");
+                            said = Some(message.clone());
                         }
                         other => {
                             tracing::trace!(connection = self.id, message = ?kind_of(other), "ws send")
@@ -308,8 +332,8 @@ impl Connection {
                     let _ = self.hub.relay.send(Arc::new(relayed));
                 }
                 Effect::Close => {
-                    tracing::debug!(connection = self.id, "closing at the protocol's word");
-                    return Err(Gone);
+                    let why = said.take().unwrap_or_else(|| "the protocol said so".into());
+                    return Err(Gone::Closed(why));
                 }
             }
         }

@@ -20,6 +20,10 @@
 //!   document of a village outside the peer's is answered exactly as a missing one.
 //! * **Live.** After every commit, each connection that has one of the changed documents open
 //!   sends what its peer lacks ([`Input::Committed`]).
+//! * **Said once.** A change-free message that asks for nothing, sent again while the answer
+//!   would be the same one again, is not answered: an automerge-repo client whose advertised
+//!   heads lag behind its document would otherwise ping-pong with the server until its next edit.
+//!   A sync in which one side keeps asking in vain is closed instead ([`MAX_STALLED_ANSWERS`]).
 //! * **Sync state** of peers with a `storageId` is handed to the shell when the connection ends
 //!   ([`Peer::sync_states`]), so a reconnecting device does not re-download what it has.
 //! * **Ephemeral** messages are relayed to the other peers that have the document open, dropping
@@ -40,9 +44,11 @@ use crate::{Principal, ReportId};
 /// Documents one connection may have open (each keeps a sync state of a few hundred bytes).
 pub const MAX_OPEN_DOCUMENTS: usize = 10_000;
 
-/// A sync that goes back and forth this many times without any change moving is stuck (e.g. the
-/// server needs a change the peer believes it already sent, which automerge does not resend on
-/// the same connection): the connection is closed, and the peer reconnects with a fresh state.
+/// A sync that goes back and forth this many times without any change moving, while one side
+/// asks for something, is stuck (e.g. the server needs a change the peer believes it already
+/// sent, which automerge does not resend on the same connection): the connection is closed, and
+/// the peer reconnects with a fresh state. (An exchange in which neither side asks for or gives
+/// anything is not answered twice.)
 pub const MAX_STALLED_ANSWERS: u32 = 50;
 
 /// Chunks a connection keeps for their dependencies, at most (as many as a device may have
@@ -144,6 +150,13 @@ struct Open {
     in_scope: bool,
     /// Chunks that could not be read yet (their dependencies were missing).
     pending: Vec<Vec<u8>>,
+    /// The last idle exchange: digests of the peer's change-free message that asked for nothing
+    /// and of the server's answer that gave and asked for nothing. The same message again gets
+    /// no answer when the answer would be the same: it would tell the peer nothing, and an
+    /// automerge-repo client whose advertised heads lag behind its document (two people typing
+    /// into one document) answers every answer — a ping-pong that only its next edit ends,
+    /// costing bytes on the field's network and, counted as stalled, the connection.
+    exchanged: Option<(u64, u64)>,
 }
 
 /// What to tell a peer about a document after taking in its message.
@@ -152,8 +165,17 @@ enum Reply {
     Unavailable,
     /// The peer lacks nothing.
     Nothing,
-    /// This sync message.
-    Sync(Vec<u8>),
+    /// This sync message; `idle` when it carries no change and asks for none.
+    Sync { data: Vec<u8>, idle: bool },
+}
+
+/// A digest of a message's bytes, to tell a repeated one (not a security boundary: a peer that
+/// forges a collision only silences an answer to itself).
+fn digest(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// The connection ends.
@@ -529,6 +551,7 @@ impl Peer {
             audited: false,
             in_scope: false,
             pending: Vec::new(),
+            exchanged: None,
         });
     }
 
@@ -545,6 +568,11 @@ impl Peer {
             return Ok(());
         };
         let carried = incoming.as_ref().is_some_and(|(_, carried)| *carried);
+        // A change-free message that asks for nothing, as the peer sent it (its changes are gone).
+        let heard = incoming
+            .as_ref()
+            .filter(|(m, carried)| !carried && m.need.is_empty())
+            .map(|(m, _)| digest(&m.clone().encode()));
         let outcome = self.reply(ctx, report, incoming);
         let (reply, heads, scope_checked) = match outcome {
             Ok(o) => o,
@@ -557,9 +585,20 @@ impl Peer {
             }
         };
         if let Some(open) = self.docs.get_mut(&report) {
+            let exchange = match (&reply, heard) {
+                (Reply::Sync { data, idle: true }, Some(heard)) => Some((heard, digest(data))),
+                _ => None,
+            };
+            let repeated = exchange.is_some() && exchange == open.exchanged;
+            open.exchanged = exchange;
+            if repeated {
+                // Said already, to this very message: the sync state stays as if said again.
+                open.last_heads = heads;
+                return Ok(());
+            }
             let moved = carried || heads != open.last_heads;
             open.stalled = match (&reply, moved) {
-                (Reply::Sync(_), false) => open.stalled + 1,
+                (Reply::Sync { .. }, false) => open.stalled + 1,
                 _ => 0,
             };
             open.last_heads = heads;
@@ -572,7 +611,7 @@ impl Peer {
         match reply {
             Reply::Unavailable => self.unavailable(doc_id),
             Reply::Nothing => {}
-            Reply::Sync(data) => {
+            Reply::Sync { data, .. } => {
                 // A document the peer may read is recorded before anything of it leaves; an
                 // answer from an empty document (asking for the peer's changes) carries nothing.
                 if scope_checked && !self.audit_read(ctx, report, now) {
@@ -636,7 +675,8 @@ impl Peer {
         let reply = match crate::guard::generate_sync_message(&doc, state) {
             Ok(reply) => reply.map(|mut m| {
                 m.need.retain(|h| !refused.contains(h));
-                m.encode()
+                let idle = m.need.is_empty() && m.changes.is_empty();
+                (m.encode(), idle)
             }),
             // Only a state built from a hostile message could do this: forget it.
             Err(_) => {
@@ -645,7 +685,7 @@ impl Peer {
             }
         };
         Ok((
-            reply.map_or(Reply::Nothing, Reply::Sync),
+            reply.map_or(Reply::Nothing, |(data, idle)| Reply::Sync { data, idle }),
             doc.get_heads(),
             scope_checked,
         ))
