@@ -90,8 +90,9 @@ pub enum Action {
         /// access, when they arrive).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         held: Vec<String>,
-        /// How they came: `sync`, `ws`, `api`, `server`, or `held` (uploaded earlier, applied now
-        /// that their dependencies arrived).
+        /// How they came: `sync`, `ws`, `api`, `server`, `held` (uploaded earlier, applied now
+        /// that their dependencies arrived), or `migration` (the server bringing a report of an
+        /// older schema version up to the newest).
         via: String,
     },
     /// Changes `who` uploaded earlier and the server held for their dependencies were dropped:

@@ -445,17 +445,36 @@ fn migrate<L: Lookup + ?Sized>(
     audit.push(AuditEvent::at(
         now,
         Who::from(&*server),
-        Action::Write {
-            report: id.to_string(),
-            changes: changes.iter().map(|c| c.hash().to_string()).collect(),
-            fields: crate::view::fields_written(&s.working.doc, &changes),
-            refused: Vec::new(),
-            held: Vec::new(),
-            via: "migration".into(),
-        },
+        written(
+            id,
+            &s.working.doc,
+            &changes,
+            "migration",
+            Default::default(),
+        ),
     ));
     s.applied.extend(admission.applied);
     s.state = admission.state;
+}
+
+/// The audit record of `changes` written to report `id` (whose document `doc` now holds them):
+/// the changes, the fields they touched, how they came, and the same request's changes that were
+/// `(refused, held)`.
+fn written(
+    id: ReportId,
+    doc: &automerge::Automerge,
+    changes: &[Change],
+    via: &str,
+    (refused, held): (Vec<String>, Vec<String>),
+) -> Action {
+    Action::Write {
+        report: id.to_string(),
+        changes: changes.iter().map(|c| c.hash().to_string()).collect(),
+        fields: crate::view::fields_written(doc, changes),
+        refused,
+        held,
+        via: via.into(),
+    }
 }
 
 /// The server's change that brings a report of an older schema version to the newest one: it
@@ -594,18 +613,8 @@ impl Ingest<'_> {
         let own_key = (job.principal.user.clone(), job.principal.device, false);
         let own = by_uploader.remove(&own_key).unwrap_or_default();
         if !own.is_empty() || !refused.is_empty() || !held.is_empty() {
-            audit.push(AuditEvent::at(
-                now,
-                Who::from(&*job.principal),
-                Action::Write {
-                    report: id.to_string(),
-                    changes: own.iter().map(|c| c.hash().to_string()).collect(),
-                    fields: crate::view::fields_written(&s.working.doc, &own),
-                    refused,
-                    held,
-                    via: job.via.as_str().into(),
-                },
-            ));
+            let event = written(id, &s.working.doc, &own, job.via.as_str(), (refused, held));
+            audit.push(AuditEvent::at(now, Who::from(&*job.principal), event));
         }
         for ((user, device, _), changes) in by_uploader {
             let principal = admission
@@ -617,14 +626,7 @@ impl Ingest<'_> {
             audit.push(AuditEvent::at(
                 now,
                 who,
-                Action::Write {
-                    report: id.to_string(),
-                    changes: changes.iter().map(|c| c.hash().to_string()).collect(),
-                    fields: crate::view::fields_written(&s.working.doc, &changes),
-                    refused: Vec::new(),
-                    held: Vec::new(),
-                    via: "held".into(),
-                },
+                written(id, &s.working.doc, &changes, "held", Default::default()),
             ));
         }
         // Held changes that left without being applied.
