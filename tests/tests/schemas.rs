@@ -44,11 +44,24 @@ fn the_examples_are_valid_reports_and_breaking_them_is_caught() {
         VillageCode::parse(doc["village"].as_str().unwrap())
             .expect("example village is in the working area");
 
-        let mut broken = doc.clone();
-        broken["schema_version"] = Value::from(2);
+        for version in [Value::from(0), Value::from("1"), Value::Null] {
+            let mut broken = doc.clone();
+            broken["schema_version"] = version;
+            assert!(
+                schema::validate(kind, &broken).is_err(),
+                "{kind}: schema_version is checked"
+            );
+        }
+        // A report of a newer version (written by a newer device, docs/architecture.md §3a) is
+        // judged on the fields this side knows: its new fields pass, a broken known one does not.
+        let mut newer = doc.clone();
+        newer["schema_version"] = Value::from(2);
+        newer["assigned_team"] = Value::from("a field a newer version adds");
+        assert_eq!(schema::validate(kind, &newer), Ok(()), "{kind}: newer version");
+        newer["village"] = Value::from(7);
         assert!(
-            schema::validate(kind, &broken).is_err(),
-            "{kind}: schema_version is checked"
+            schema::validate(kind, &newer).is_err(),
+            "{kind}: a newer version's known fields are checked"
         );
         let mut extra = doc;
         extra["surprise"] = Value::from(true);
