@@ -57,7 +57,11 @@ fn the_examples_are_valid_reports_and_breaking_them_is_caught() {
         let mut newer = doc.clone();
         newer["schema_version"] = Value::from(2);
         newer["assigned_team"] = Value::from("a field a newer version adds");
-        assert_eq!(schema::validate(kind, &newer), Ok(()), "{kind}: newer version");
+        assert_eq!(
+            schema::validate(kind, &newer),
+            Ok(()),
+            "{kind}: newer version"
+        );
         newer["village"] = Value::from(7);
         assert!(
             schema::validate(kind, &newer).is_err(),
