@@ -174,14 +174,19 @@ pub struct Settings {
     #[arg(long, env = "DESA_PAGE_REPORTS", default_value_t = 500,
           value_parser = clap::value_parser!(u16).range(1..=10_000))]
     pub page_reports: u16,
-    /// Requests per second a device may make, sustained (429 above it).
-    #[arg(long, env = "DESA_RATE_LIMIT", default_value_t = crate::limit::DEFAULT_RATE,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    pub rate_limit: u32,
-    /// Requests a device may make at once after being idle.
-    #[arg(long, env = "DESA_RATE_BURST", default_value_t = crate::limit::DEFAULT_BURST,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    pub rate_burst: u32,
+    /// Requests per second every device may make, sustained, whatever its role (429 above it);
+    /// without it, each role has its own (see --role-limit).
+    #[arg(long, env = "DESA_RATE_LIMIT", value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit: Option<u32>,
+    /// Requests every device may make at once after being idle, whatever its role.
+    #[arg(long, env = "DESA_RATE_BURST", value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_burst: Option<u32>,
+    /// One role's allowance, `ROLE=RATE[/BURST]` (repeatable, or comma-separated in the
+    /// environment), over the defaults (volunteer 20/100, coordinator and analyst 100/1000,
+    /// admin 20/100) and --rate-limit/--rate-burst.
+    #[arg(long = "role-limit", env = "DESA_ROLE_LIMITS", value_delimiter = ',',
+          value_parser = crate::limit::parse_role_limit)]
+    pub role_limits: Vec<(sync_core::rules::Role, crate::limit::Allowance)>,
     /// Largest accepted WebSocket message, in bytes (the connection is closed with code 1009 above
     /// it).
     #[arg(long, env = "DESA_MAX_MESSAGE", default_value_t = sync_core::protocol::repo::MAX_MESSAGE_BYTES)]
@@ -224,4 +229,60 @@ pub struct Settings {
     #[arg(long, env = "DESA_WS_IDLE", default_value_t = 45,
           value_parser = clap::value_parser!(u64).range(2..))]
     pub ws_idle: u64,
+}
+
+impl Settings {
+    /// The request allowance of each role: the defaults, then --rate-limit/--rate-burst for every
+    /// role, then each --role-limit.
+    pub fn request_limits(&self) -> crate::limit::RoleLimits {
+        let mut limits = crate::limit::RoleLimits::default();
+        for role in sync_core::rules::Role::ALL {
+            let allowance = limits.of_mut(role);
+            if let Some(rate) = self.rate_limit {
+                allowance.rate = rate;
+            }
+            if let Some(burst) = self.rate_burst {
+                allowance.burst = burst;
+            }
+        }
+        for (role, allowance) in &self.role_limits {
+            *limits.of_mut(*role) = *allowance;
+        }
+        limits
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::limit::{Allowance, RoleLimits};
+
+    fn serve(args: &[&str]) -> Settings {
+        let cli = Cli::try_parse_from(["desa-server", "serve"].iter().chain(args)).unwrap();
+        match cli.command {
+            Command::Serve(settings) => settings,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn request_limits_are_the_defaults_then_every_role_then_each_role() {
+        assert_eq!(serve(&[]).request_limits(), RoleLimits::default());
+        let limits = serve(&[
+            "--rate-limit",
+            "5",
+            "--role-limit",
+            "coordinator=50/60",
+            "--role-limit",
+            "analyst=7",
+        ])
+        .request_limits();
+        assert_eq!(limits.volunteer, Allowance::new(5, 100));
+        assert_eq!(limits.admin, Allowance::new(5, 100));
+        assert_eq!(limits.coordinator, Allowance::new(50, 60));
+        assert_eq!(limits.analyst, Allowance::new(7, 35));
+        let refused = Cli::try_parse_from(["desa-server", "serve", "--role-limit", "chief=1"]);
+        assert!(refused.unwrap_err().to_string().contains("unknown role"));
+    }
 }

@@ -1,10 +1,12 @@
 //! Request limits: a per-key rate limiter, and the request-size check every route goes through.
 //!
 //! ## Rate limiting
-//! [`RateLimiter`] is a token bucket per key (the authenticated device, once devices
-//! authenticate): each key may make `burst` requests at once, then `rate` per second. A request
-//! over the limit is answered `429 Too Many Requests` with `Retry-After`
-//! ([`crate::error::ApiError::RateLimited`], built from [`RetryAfter`]).
+//! [`RateLimiter`] is a token bucket per key: each key may make `burst` requests at once, then
+//! `rate` per second. Authenticated requests are counted per device by a [`DeviceLimiter`], with
+//! the allowance of the device's role ([`RoleLimits`]): a phone syncs in one request where a
+//! coordinator's tool reads reports one by one. An HTTP request over the limit is answered
+//! `429 Too Many Requests` with `Retry-After` ([`crate::error::ApiError::RateLimited`], built from
+//! [`RetryAfter`]); a WebSocket message over it waits before it is read (backpressure).
 //!
 //! The buckets live in a bounded LRU map: at most `max_keys` keys are tracked, the least recently
 //! seen forgotten first, so a flood of new keys cannot grow memory without bound (a forgotten key
@@ -33,12 +35,15 @@ use actix_web::middleware::Next;
 use actix_web::web;
 use lru::LruCache;
 
+use sync_core::rules::Role;
+use sync_core::{DeviceId, Principal};
+
 use crate::error::ApiError;
 pub use crate::error::RetryAfter;
 
-/// Default sustained rate, requests per second per key.
+/// Default sustained rate of a field device (volunteer), requests per second.
 pub const DEFAULT_RATE: u32 = 20;
-/// Default burst: requests a key may make at once after being idle.
+/// Default burst of a field device: requests it may make at once after being idle.
 pub const DEFAULT_BURST: u32 = 100;
 /// Keys tracked at most. Far above the number of devices of a deployment; only a flood of made-up
 /// keys reaches it.
@@ -51,6 +56,155 @@ pub struct Limits {
     pub max_body: usize,
     /// Largest accepted WebSocket message, bytes.
     pub max_message: usize,
+}
+
+/// A sustained rate and a burst: what one key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allowance {
+    /// Requests per second, sustained (at least 1).
+    pub rate: u32,
+    /// Requests at once after being idle (at least 1).
+    pub burst: u32,
+}
+
+impl Allowance {
+    /// `rate` per second, `burst` at once.
+    pub const fn new(rate: u32, burst: u32) -> Self {
+        Allowance { rate, burst }
+    }
+}
+
+impl std::fmt::Display for Allowance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.rate, self.burst)
+    }
+}
+
+/// The allowance of each role that makes requests.
+///
+/// Defaults: a volunteer's phone syncs in one request (20/s, bursts of 100, as before roles had
+/// their own); a coordinator's or an analyst's tool reads reports one by one and exports (100/s,
+/// bursts of 1,000: a day's 200 reports opened at once pass); an admin manages people and devices
+/// (20/s, bursts of 100).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoleLimits {
+    /// Field volunteers' devices.
+    pub volunteer: Allowance,
+    /// Coordinators.
+    pub coordinator: Allowance,
+    /// Analysts.
+    pub analyst: Allowance,
+    /// Admins (and the server's own principal, which makes no requests).
+    pub admin: Allowance,
+}
+
+impl Default for RoleLimits {
+    fn default() -> Self {
+        let field = Allowance::new(DEFAULT_RATE, DEFAULT_BURST);
+        let office = Allowance::new(100, 1_000);
+        RoleLimits {
+            volunteer: field,
+            coordinator: office,
+            analyst: office,
+            admin: field,
+        }
+    }
+}
+
+impl RoleLimits {
+    /// Every role with the same allowance.
+    pub fn all(allowance: Allowance) -> Self {
+        RoleLimits {
+            volunteer: allowance,
+            coordinator: allowance,
+            analyst: allowance,
+            admin: allowance,
+        }
+    }
+
+    /// The allowance of `role`.
+    pub fn of(&self, role: Role) -> Allowance {
+        match role {
+            Role::Volunteer => self.volunteer,
+            Role::Coordinator => self.coordinator,
+            Role::Analyst => self.analyst,
+            Role::Admin | Role::Server => self.admin,
+        }
+    }
+
+    /// The allowance of `role`, to change.
+    pub fn of_mut(&mut self, role: Role) -> &mut Allowance {
+        match role {
+            Role::Volunteer => &mut self.volunteer,
+            Role::Coordinator => &mut self.coordinator,
+            Role::Analyst => &mut self.analyst,
+            Role::Admin | Role::Server => &mut self.admin,
+        }
+    }
+}
+
+/// One role's allowance as the command line gives it: `ROLE=RATE` or `ROLE=RATE/BURST` (without a
+/// burst, five seconds' worth of the rate).
+pub fn parse_role_limit(text: &str) -> Result<(Role, Allowance), String> {
+    let usage =
+        || format!("{text:?}: expected ROLE=RATE or ROLE=RATE/BURST (e.g. coordinator=100/1000)");
+    let (role, allowance) = text.split_once('=').ok_or_else(usage)?;
+    let role: Role = role.trim().parse().map_err(|e| format!("{text:?}: {e}"))?;
+    if role == Role::Server {
+        return Err(format!("{text:?}: the server makes no requests"));
+    }
+    let number = |n: &str| {
+        n.trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(usage)
+    };
+    let allowance = match allowance.split_once('/') {
+        Some((rate, burst)) => Allowance::new(number(rate)?, number(burst)?),
+        None => {
+            let rate = number(allowance)?;
+            Allowance::new(rate, rate.saturating_mul(5))
+        }
+    };
+    Ok((role, allowance))
+}
+
+/// Authenticated requests counted per device, each with its role's allowance.
+pub struct DeviceLimiter {
+    volunteer: RateLimiter<DeviceId>,
+    coordinator: RateLimiter<DeviceId>,
+    analyst: RateLimiter<DeviceId>,
+    admin: RateLimiter<DeviceId>,
+}
+
+impl DeviceLimiter {
+    /// A limiter with these allowances, tracking at most `max_keys` devices per role.
+    pub fn new(limits: RoleLimits, max_keys: usize) -> Self {
+        let bucket = |a: Allowance| RateLimiter::new(a.rate, a.burst, max_keys);
+        DeviceLimiter {
+            volunteer: bucket(limits.volunteer),
+            coordinator: bucket(limits.coordinator),
+            analyst: bucket(limits.analyst),
+            admin: bucket(limits.admin),
+        }
+    }
+
+    /// Count one request of `principal`'s device now, against its role's allowance.
+    pub fn check(&self, principal: &Principal) -> Result<(), RetryAfter> {
+        self.check_at(principal, Instant::now())
+    }
+
+    /// [`check`](Self::check) at time `now`.
+    pub fn check_at(&self, principal: &Principal, now: Instant) -> Result<(), RetryAfter> {
+        let bucket = match principal.role() {
+            Role::Volunteer => &self.volunteer,
+            Role::Coordinator => &self.coordinator,
+            Role::Analyst => &self.analyst,
+            Role::Admin | Role::Server => &self.admin,
+        };
+        bucket.check_at(principal.device, now)
+    }
 }
 
 /// A token bucket per key, over a bounded map (see the module documentation).
@@ -159,6 +313,78 @@ mod tests {
 
     fn at(start: Instant, ms: u64) -> Instant {
         start + Duration::from_millis(ms)
+    }
+
+    fn principal(role: Role, n: u8) -> Principal {
+        Principal {
+            user: format!("{role}-{n}"),
+            device: DeviceId::from_bytes([n; 16]),
+            access: sync_core::rules::Access::everywhere(role),
+        }
+    }
+
+    #[test]
+    fn each_role_has_its_own_allowance() {
+        let limits = RoleLimits {
+            volunteer: Allowance::new(1, 2),
+            coordinator: Allowance::new(1, 5),
+            ..RoleLimits::default()
+        };
+        let limiter = DeviceLimiter::new(limits, 100);
+        let t0 = Instant::now();
+        let volunteer = principal(Role::Volunteer, 1);
+        let coordinator = principal(Role::Coordinator, 2);
+        for _ in 0..2 {
+            assert_eq!(limiter.check_at(&volunteer, t0), Ok(()));
+        }
+        assert!(limiter.check_at(&volunteer, t0).is_err());
+        for _ in 0..5 {
+            assert_eq!(limiter.check_at(&coordinator, t0), Ok(()));
+        }
+        assert_eq!(
+            limiter.check_at(&coordinator, t0),
+            Err(RetryAfter(Duration::from_secs(1)))
+        );
+    }
+
+    #[test]
+    fn the_default_lets_a_coordinator_open_a_days_reports_at_once() {
+        let limiter = DeviceLimiter::new(RoleLimits::default(), 100);
+        let t0 = Instant::now();
+        let coordinator = principal(Role::Coordinator, 1);
+        for _ in 0..200 {
+            assert_eq!(limiter.check_at(&coordinator, t0), Ok(()));
+        }
+        // A field device keeps the allowance it always had.
+        let phone = principal(Role::Volunteer, 2);
+        for _ in 0..DEFAULT_BURST {
+            assert_eq!(limiter.check_at(&phone, t0), Ok(()));
+        }
+        assert!(limiter.check_at(&phone, t0).is_err());
+    }
+
+    #[test]
+    fn a_role_limit_is_read_from_the_command_line() {
+        assert_eq!(
+            parse_role_limit("coordinator=100/1000"),
+            Ok((Role::Coordinator, Allowance::new(100, 1000)))
+        );
+        assert_eq!(
+            parse_role_limit(" analyst = 40 "),
+            Ok((Role::Analyst, Allowance::new(40, 200)))
+        );
+        for bad in [
+            "coordinator",
+            "coordinator=",
+            "coordinator=0",
+            "coordinator=10/0",
+            "coordinator=ten",
+            "chief=10",
+            "server=10",
+            "volunteer=10/20/30",
+        ] {
+            assert!(parse_role_limit(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::engine::{Engine, EngineOptions};
 use crate::http;
 use crate::keys;
 use crate::limit::Limits;
-use crate::limit::{self, RateLimiter};
+use crate::limit::{self, DeviceLimiter};
 use crate::store::sqlite::{Encryption, SqliteStore};
 use crate::store::StoreError;
 
@@ -255,10 +255,9 @@ impl Application {
             max_body: settings.max_body,
             max_message: settings.max_message,
         });
-        // Per device: routes call `check(device)` once requests are authenticated.
-        let rate_limiter = web::Data::new(RateLimiter::<sync_core::DeviceId>::new(
-            settings.rate_limit,
-            settings.rate_burst,
+        // Per device, with its role's allowance: counted once a request is authenticated.
+        let rate_limiter = web::Data::new(DeviceLimiter::new(
+            settings.request_limits(),
             limit::DEFAULT_MAX_KEYS,
         ));
         let json_limit = settings.max_body;

@@ -238,3 +238,44 @@ fn sync_answers_hold_at_most_the_configured_reports_per_page() {
     assert!(sizes.iter().all(|n| *n <= 2), "{sizes:?}");
     assert_eq!(sizes.iter().sum::<usize>(), 6, "{sizes:?}");
 }
+
+/// A coordinator's tool opening a day's 200 reports at once is not throttled like a phone, at the
+/// defaults; a volunteer's phone keeps its allowance; `--role-limit` changes one role's.
+#[test]
+fn each_role_has_its_own_request_allowance() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--role-limit", "analyst=1/3"]);
+    let coordinator = server.token("kasi", "coordinator", &[]);
+    let phone = server.token("ani", "volunteer", &["6302010001"]);
+    let analyst = server.token("rina", "analyst", &[]);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let get = |path: &str, token: &str| {
+        agent
+            .get(format!("{}{path}", server.url))
+            .header("Authorization", format!("Bearer {token}"))
+            .call()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    // 200 reports read one by one (ids the server does not have: 404, counted all the same).
+    for n in 0..200u8 {
+        let id = sync_core::ReportId::from_random([n; 16]);
+        assert_eq!(get(&format!("/api/v1/reports/{id}"), &coordinator), 404);
+    }
+    // Requests until the first 429 (at most `tries`): how many passed before it.
+    let until_refused = |token: &str, tries: usize| {
+        (0..tries)
+            .position(|_| get("/api/v1/me", token) == 429)
+            .unwrap_or_else(|| panic!("no 429 in {tries} requests"))
+    };
+    // The phone: its burst of 100 (and what its 20/s gave back meanwhile), then 429.
+    let passed = until_refused(&phone, 150);
+    assert!((100..150).contains(&passed), "{passed}");
+    // The analyst, as configured: 3 at once (1/s after).
+    let passed = until_refused(&analyst, 10);
+    assert!((3..5).contains(&passed), "{passed}");
+}

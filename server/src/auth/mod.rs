@@ -19,7 +19,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use actix_web::{web, FromRequest, HttpRequest};
-use sync_core::DeviceId;
 
 pub use directory::{watch, Directory};
 pub use failures::FailedAuth;
@@ -27,7 +26,7 @@ pub use failures::FailedAuth;
 use crate::error::ApiError;
 
 /// The per-device request limiter.
-pub type Limiter = crate::limit::RateLimiter<DeviceId>;
+pub type Limiter = crate::limit::DeviceLimiter;
 
 /// An authenticated caller: a device of a user, with that user's access (sync-core's type: the
 /// rules judge every change with the principal that uploaded it).
@@ -88,7 +87,7 @@ impl FromRequest for Caller {
                     // Counted per device, after authentication: a stranger cannot use up a
                     // volunteer's allowance.
                     if let Some(limiter) = limiter {
-                        limiter.check(principal.device)?;
+                        limiter.check(&principal)?;
                     }
                     Ok(Caller(principal))
                 }

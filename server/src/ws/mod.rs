@@ -94,6 +94,7 @@ pub async fn route(
             hub: hub.clone(),
         }),
         device: caller.device,
+        principal: caller.0.clone(),
         peer: Some(Peer::new(id, caller.0, hub.identity.clone())),
         directory: directory.into_inner(),
         limiter: limiter.into_inner(),
@@ -160,6 +161,9 @@ struct Connection {
     _slot: Slot,
     context: Arc<Context>,
     device: sync_core::DeviceId,
+    /// Who it is, as at the upgrade (a change of access closes the connection): its role's
+    /// request allowance applies.
+    principal: Arc<Principal>,
     /// The protocol's state (`None` only while it is away in `web::block`, or once lost).
     peer: Option<Peer>,
     directory: Arc<Directory>,
@@ -224,7 +228,7 @@ impl Connection {
                 frame = stream.next() => match frame {
                     Some(Ok(AggregatedMessage::Binary(bytes))) => {
                         last_heard = tokio::time::Instant::now();
-                        while let Err(wait) = self.limiter.check(self.device) {
+                        while let Err(wait) = self.limiter.check(&self.principal) {
                             tokio::time::sleep(wait.0).await;
                         }
                         self.step(&mut session, Input::Frame(bytes.to_vec())).await
