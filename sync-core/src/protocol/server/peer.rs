@@ -461,11 +461,18 @@ impl Peer {
         // village's document. No check of the village beyond that: a document of another village
         // is answered exactly as one the server does not have — its changes are refused by
         // admission with the same words as changes to a missing report.
-        let base = self
+        let visible = self
             .visible(ctx, report)
-            .map_err(|_| "not stored: the server could not read this document now".to_owned())?
-            .map(|w| w.doc.clone())
-            .unwrap_or_else(Automerge::new);
+            .map_err(|_| "not stored: the server could not read this document now".to_owned())?;
+        // Borrowed: `changes_of` copies it only when a document chunk needs it.
+        let empty;
+        let base = match &visible {
+            Some(working) => &working.doc,
+            None => {
+                empty = Automerge::new();
+                &empty
+            }
+        };
         let pending = self
             .docs
             .get_mut(&report)
@@ -477,7 +484,7 @@ impl Peer {
             entries.extend(pending);
             with_pending.changes = entries.into();
         }
-        let unpacked = changes_of(&with_pending, &base)?;
+        let unpacked = changes_of(&with_pending, base)?;
         self.keep_pending(report, unpacked.incomplete);
         // A peer keeps offering a change it still has. One already refused for this peer — or
         // building on one — is dropped without judging it or saying so again: samod treats every
