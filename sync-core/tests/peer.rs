@@ -371,6 +371,40 @@ fn ephemeral_messages_reach_other_peers_with_the_document_open_once() {
     assert_eq!(send(&mut a, &server, cursor(2)).len(), 1);
 }
 
+/// Ephemeral messages are relayed under the id the peer joined with, whatever sender they name;
+/// a flood of new sessions (or of huge session ids) does not grow the connection's memory.
+#[test]
+fn ephemeral_senders_cannot_be_forged_and_a_flood_of_sessions_is_bounded() {
+    use sync_core::protocol::server::peer::{EPHEMERAL_SESSIONS, SESSION_ID_BYTES};
+    let server = MemoryServer::new();
+    let mut a = joined(&server, 1, phone(1));
+    let (id, mut doc) = offline_report(phone(1), "flooded", 0);
+    let doc_id = id.to_string();
+    converse(&mut a, &server, &mut doc, &mut State::new(), &doc_id);
+    let message = |sender: &str, session: String| RepoMessage::Ephemeral {
+        sender_id: sender.into(),
+        target_id: "server-peer".into(),
+        count: 1,
+        session_id: session,
+        document_id: doc_id.clone(),
+        data: vec![0xa0],
+    };
+    let effects = send(&mut a, &server, message("coordinator-peer", "s".into()));
+    let [Effect::Relay(relayed)] = &effects[..] else {
+        panic!("{effects:?}")
+    };
+    assert_eq!(
+        relayed.sender_id, CLIENT,
+        "relayed under the joined peer id"
+    );
+    for n in 0..EPHEMERAL_SESSIONS * 4 {
+        send(&mut a, &server, message(CLIENT, format!("session-{n}")));
+        assert!(a.ephemeral_sessions() <= EPHEMERAL_SESSIONS);
+    }
+    let huge = "x".repeat(SESSION_ID_BYTES + 1);
+    assert!(send(&mut a, &server, message(CLIENT, huge)).is_empty());
+}
+
 #[test]
 fn leave_or_a_revoked_device_closes_and_sync_states_are_handed_over() {
     let server = MemoryServer::new();

@@ -57,6 +57,12 @@ pub const PENDING_CHUNKS: usize = 64;
 /// …and bytes.
 pub const PENDING_BYTES: usize = 4 << 20;
 
+/// Ephemeral sessions whose last count one connection remembers (to drop duplicates); past it the
+/// memory starts afresh (a duplicate may then be relayed once: ephemeral data is never stored).
+pub const EPHEMERAL_SESSIONS: usize = 256;
+/// Longest ephemeral session id kept, in bytes (a longer one is not relayed).
+pub const SESSION_ID_BYTES: usize = 128;
+
 /// A peer's sync state per document, encoded (automerge's `sync::State::encode`).
 pub type SyncStates = Vec<(ReportId, Vec<u8>)>;
 
@@ -192,7 +198,8 @@ pub struct Peer {
     /// Sync states saved for this peer's storage, not yet in use.
     saved: HashMap<ReportId, Vec<u8>>,
     docs: HashMap<ReportId, Open>,
-    seen: HashMap<(String, String), u64>,
+    /// The last ephemeral count relayed per session of this peer (at most [`EPHEMERAL_SESSIONS`]).
+    seen: HashMap<String, u64>,
     out: Vec<Effect>,
 }
 
@@ -259,6 +266,11 @@ impl Peer {
     /// Documents open on this connection.
     pub fn open_documents(&self) -> usize {
         self.docs.len()
+    }
+
+    /// Ephemeral sessions whose last count this connection remembers.
+    pub fn ephemeral_sessions(&self) -> usize {
+        self.seen.len()
     }
 
     fn send(&mut self, message: RepoMessage) {
@@ -349,7 +361,6 @@ impl Peer {
                 self.on_sync(ctx, document_id, &data, now)
             }
             RepoMessage::Ephemeral {
-                sender_id,
                 count,
                 session_id,
                 document_id,
@@ -359,15 +370,27 @@ impl Peer {
                 let Ok(report) = document_id.parse::<ReportId>() else {
                     return Ok(());
                 };
-                // Only about a document this peer has open and may see.
-                if !self.docs.get(&report).is_some_and(|o| o.in_scope) {
+                // Only about a document this peer has open and may see, and under the peer's own
+                // id (the one it joined with): a peer cannot speak for another.
+                let Some(sender_id) = self.peer.clone() else {
+                    return Ok(());
+                };
+                if !self.docs.get(&report).is_some_and(|o| o.in_scope)
+                    || session_id.len() > SESSION_ID_BYTES
+                {
                     return Ok(());
                 }
-                let key = (sender_id.clone(), session_id.clone());
-                if self.seen.get(&key).is_some_and(|last| *last >= count) {
+                if self
+                    .seen
+                    .get(&session_id)
+                    .is_some_and(|last| *last >= count)
+                {
                     return Ok(());
                 }
-                self.seen.insert(key, count);
+                if self.seen.len() >= EPHEMERAL_SESSIONS && !self.seen.contains_key(&session_id) {
+                    self.seen.clear();
+                }
+                self.seen.insert(session_id.clone(), count);
                 self.out.push(Effect::Relay(Relayed {
                     from: self.connection,
                     report,
