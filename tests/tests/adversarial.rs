@@ -639,6 +639,7 @@ fn a_flood_of_bad_tokens_is_throttled_per_address_and_audited_once_per_interval(
         .into();
     let bad = DeviceToken::new(office.ani.id, [0x55; 32]).reveal();
     let mut statuses = Vec::new();
+    let started = std::time::Instant::now();
     for _ in 0..60 {
         let response = agent
             .get(format!("{}/api/v1/me", office.server.url))
@@ -656,6 +657,7 @@ fn a_flood_of_bad_tokens_is_throttled_per_address_and_audited_once_per_interval(
         }
         statuses.push(response.status().as_u16());
     }
+    let took = started.elapsed();
     assert!(statuses[..20].iter().all(|s| *s == 401), "{statuses:?}");
     assert!(statuses[20..].contains(&429), "{statuses:?}");
     // Only failures count: the office's valid token, from the same address, is still served.
@@ -669,7 +671,8 @@ fn a_flood_of_bad_tokens_is_throttled_per_address_and_audited_once_per_interval(
         .unwrap();
     assert_eq!(forwarded.status(), 401);
 
-    // One audit entry per address and interval, with the count.
+    // One audit entry per address and interval (1 s here: a slow machine spreads the 60 failures
+    // over more than one), with the counts.
     let mut entries = Vec::new();
     wait_for("the failures to be audited", Duration::from_secs(5), || {
         entries = office
@@ -683,11 +686,20 @@ fn a_flood_of_bad_tokens_is_throttled_per_address_and_audited_once_per_interval(
         .iter()
         .filter(|r| r["peer"] == "127.0.0.1")
         .collect();
-    assert_eq!(local.len(), 1, "{local:?}");
-    assert_eq!(local[0]["count"], 60);
-    assert!(local[0]["throttled"].as_u64().unwrap() >= 30);
-    assert_eq!(local[0]["reasons"]["wrong secret"], 60);
-    assert!(!local[0].to_string().contains(&bad[6..]), "never the token");
+    let intervals = took.as_secs() as usize + 2;
+    assert!(
+        (1..=intervals).contains(&local.len()),
+        "{} entries for {took:?}: {local:?}",
+        local.len()
+    );
+    let sum = |f: &dyn Fn(&Value) -> u64| local.iter().map(|r| f(r)).sum::<u64>();
+    assert_eq!(sum(&|r| r["count"].as_u64().unwrap()), 60);
+    assert!(sum(&|r| r["throttled"].as_u64().unwrap_or(0)) >= 30);
+    assert_eq!(sum(&|r| r["reasons"]["wrong secret"].as_u64().unwrap()), 60);
+    assert!(
+        local.iter().all(|r| !r.to_string().contains(&bad[6..])),
+        "never the token"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
